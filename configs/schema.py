@@ -1,0 +1,129 @@
+"""The one configuration object of a run, and its sections.
+
+Every model forbids unknown keys, so a typo (``epocs: 5``) fails before any
+work, naming the key. Models are frozen: a config is loaded once and passed
+explicitly; nothing mutates it at run time. The flow takes ``Config`` as a typed
+parameter, so the Prefect UI renders a form for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where bars come from and which slice of history to use."""
+
+    source: str = Field(
+        "sample",
+        description="sample | synthetic | yfinance | files:DIR",
+    )
+    days: int | None = Field(
+        None, ge=1, description="keep only the last N trading days (after start/end)"
+    )
+    start: dt.date | None = None
+    end: dt.date | None = None
+    cache_dir: str | None = Field(
+        None, description="yfinance Parquet cache; default RESULTS/cache"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v in ("sample", "synthetic", "yfinance") or (v.startswith("files:") and len(v) > 6):
+            return v
+        raise ValueError(
+            f"unknown source {v!r}; use sample, synthetic, yfinance or files:DIR"
+        )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "DataConfig":
+        if self.start and self.end and self.start >= self.end:
+            raise ValueError(f"start {self.start} must be before end {self.end}")
+        return self
+
+
+class FeatureConfig(_Section):
+    """Which model inputs ``build_features`` keeps (None: all of them)."""
+
+    columns: list[str] | None = None
+
+
+class WindowConfig(_Section):
+    seq_len: int = Field(60, ge=2)
+    horizons: list[int] = Field(default_factory=lambda: [1, 5, 10, 30])
+    val_frac: float = Field(0.15, gt=0, lt=0.5)
+    test_frac: float = Field(0.15, gt=0, lt=0.5)
+    stride: int = Field(1, ge=1)
+
+    @field_validator("horizons")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v) or len(set(v)) != len(v):
+            raise ValueError(f"horizons {v} must be distinct positive integers")
+        return sorted(v)
+
+
+class AugmentConfig(_Section):
+    """On-the-fly augmentation of training batches (never val/test)."""
+
+    rate: float = Field(0.0, ge=0, le=1, description="share of training windows augmented")
+    noise_std: float = Field(0.0, ge=0, description="Gaussian noise, in scaled units")
+    warp_std: float = Field(0.0, ge=0, description="magnitude warping: std of the smooth curve around 1")
+    warp_knots: int = Field(4, ge=2)
+    dropout_p: float = Field(0.0, ge=0, lt=1, description="probability of zeroing a whole feature")
+
+
+class ModelConfig(_Section):
+    d_model: int = Field(64, ge=1)
+    n_layers: int = Field(4, ge=1)
+    d_state: int = Field(16, ge=1)
+    d_conv: int = Field(4, ge=1)
+    expand: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    loss: Literal["mse", "huber"] = "mse"
+    patience: int = Field(10, ge=1, description="EarlyStopping patience (epochs)")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor")
+    lr_patience: int = Field(3, ge=0, description="ReduceLROnPlateau patience (epochs)")
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    seed: int = 42
+    device: Literal["cpu", "gpu", "auto"] = "cpu"
+    precision: Literal["32-true", "64-true", "bf16-mixed", "16-mixed"] = "32-true"
+
+
+class RunConfig(_Section):
+    symbols: list[str] = Field(default_factory=lambda: ["SAMPLE"], description="symbols or universe names")
+    parallel: int = Field(1, ge=1)
+    results_dir: str = "results"
+    store_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite RESULTS/store.db")
+
+    @field_validator("symbols")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("symbols must name at least one symbol or universe")
+        return v
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    windows: WindowConfig = Field(default_factory=WindowConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
