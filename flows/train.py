@@ -1,0 +1,181 @@
+"""Train one Mamba forecaster per symbol: ``python -m flows.train --test``.
+
+``train_universe`` maps one ``train_symbol`` subflow per symbol, at most
+``config.run.parallel`` at a time (Prefect's ``ThreadPoolTaskRunner``: each
+symbol is a task that runs its subflow, so the UI shows every subflow under
+the parent). A symbol that fails is recorded with its reason; the others go on.
+
+    fetch_bars -> validate_bars -> build_features -> make_windows
+               -> train_model -> evaluate_model -> save_run
+"""
+
+from __future__ import annotations
+
+import os
+
+# Lightning's log lines go to the Prefect run logs (set before prefect loads).
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pytorch_lightning")
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from configs.load import TEST_CONFIG, ConfigError, load_config, resolve_symbols
+from configs.schema import Config
+from tasks import steps
+from tasks.features import WARMUP_ROWS
+from tasks.store import ResultsStore
+from tasks.windows import required_rows
+
+
+def _outcome(symbol: str, status: str, **kw: Any) -> dict[str, Any]:
+    base = {"symbol": symbol, "status": status, "epochs": None, "best_val_loss": None,
+            "skill": {}, "seconds": None, "model_path": None, "error": None}
+    return base | kw
+
+
+@flow(name="train-symbol", flow_run_name="train-{symbol}")
+def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False) -> dict[str, Any]:
+    """The whole pipeline for one symbol; raises on any failure (the parent records it)."""
+    t0 = time.perf_counter()
+    log = get_run_logger()
+    results = Path(config.run.results_dir).resolve()
+    store = ResultsStore(results, config.run.store_url)
+    cached = {"result_storage": results / "prefect"}
+    w = config.windows
+    min_rows = required_rows(w.seq_len, w.horizons, w.val_frac, w.test_frac) + WARMUP_ROWS
+
+    bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results / "cache" / "yfinance",
+                                                     seed=config.training.seed)
+    report = steps.validate_bars(bars, symbol, min_rows)
+    frame = steps.build_features.with_options(**cached)(bars, config.features, symbol)
+    windows = steps.make_windows(frame, w, symbol)
+    log.info("%s: %d bars %s..%s, windows train/val/test %d/%d/%d", symbol, bars.height, bars["date"][0],
+             bars["date"][-1], len(windows.train.x), len(windows.val.x), len(windows.test.x))
+    trained = steps.train_model(windows, config, symbol, results / "work" / symbol, resume)
+    evaluation, _pred = steps.evaluate_model(trained, config, windows, symbol)
+    fingerprint = steps.bars_fingerprint(bars)
+    metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
+    seconds = time.perf_counter() - t0
+    model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
+    return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
+                    skill={r["horizon"]: r["skill_zero"] for r in evaluation}, seconds=seconds,
+                    model_path=str(model_dir))
+
+
+@task(name="symbol", task_run_name="symbol-{symbol}")
+def run_symbol(symbol: str, config: Config, run_id: str, resume: bool) -> dict[str, Any]:
+    return train_symbol(symbol, config, run_id, resume)
+
+
+@flow(name="train-universe")
+def train_universe(config: Config = Config(), resume: bool = False) -> list[dict[str, Any]]:
+    """Train every symbol of ``config.run.symbols`` (tickers or universe names)."""
+    log = get_run_logger()
+    symbols = resolve_symbols(config.run.symbols)
+    store = ResultsStore(config.run.results_dir, config.run.store_url)
+    run_id = store.new_run_id()
+    store.start_run(run_id, config.model_dump(mode="json"), symbols)
+    log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
+    t0 = time.perf_counter()
+    outcomes: dict[str, dict[str, Any]] = {}
+    with ThreadPoolTaskRunner(max_workers=config.run.parallel) as runner:
+        futures = {runner.submit(run_symbol, {"symbol": s, "config": config, "run_id": run_id, "resume": resume}): s
+                   for s in symbols}
+        for future in as_completed(list(futures)):
+            symbol = futures[future]
+            result = future.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                error = f"{type(result).__name__}: {result}"
+                store.record_symbol(run_id, symbol, "failed", error=error)
+                outcomes[symbol] = _outcome(symbol, "failed", error=error, seconds=time.perf_counter() - t0)
+                log.error("%s: failed: %s", symbol, error)
+            else:
+                outcomes[symbol] = result
+                log.info("%s: completed in %.1f s, %d epochs, best val_loss %.3g",
+                         symbol, result["seconds"], result["epochs"], result["best_val_loss"])
+    ordered = [outcomes[s] for s in symbols]
+    failed = sum(o["status"] != "completed" for o in ordered)
+    store.finish_run(run_id, "completed" if not failed else "failed")
+    return ordered
+
+
+def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
+    """Plain-text summary: one row per symbol; skill = 1 - MAE/MAE(random walk) on the test split."""
+    head = ["symbol", "status", "epochs", "best val", *[f"skill h{h}" for h in horizons], "seconds", "error"]
+    rows = []
+    for o in outcomes:
+        skill = {int(k): v for k, v in o["skill"].items()}
+        rows.append([
+            o["symbol"], o["status"], "" if o["epochs"] is None else str(o["epochs"]),
+            "" if o["best_val_loss"] is None else f"{o['best_val_loss']:.3g}",
+            *[f"{skill[h]:+.3f}" if h in skill else "" for h in horizons],
+            "" if o["seconds"] is None else f"{o['seconds']:.1f}",
+            (o["error"] or "")[:120],
+        ])
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [head, ["-" * w for w in widths], *rows])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__.splitlines()[0])
+    p.add_argument("--test", action="store_true", help="the quickstart config (configs/test.yaml)")
+    p.add_argument("--config", type=Path, help="YAML config file (default configs/default.yaml)")
+    p.add_argument("--symbols", help="comma-separated tickers or universe names (TEST, SAMPLE, TIER_1)")
+    p.add_argument("--source", help="sample | synthetic | yfinance | files:DIR")
+    p.add_argument("--days", type=int, help="last N trading days of history")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--parallel", type=int, help="symbols trained at the same time")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--results", help="results directory (default results/)")
+    p.add_argument("--store-url", help="SQLAlchemy URL of the results database")
+    p.add_argument("--resume", action="store_true", help="continue interrupted symbols from their last.ckpt")
+    args = p.parse_args(argv)
+    if args.test and args.config:
+        p.error("--test and --config are exclusive: --test means --config configs/test.yaml")
+    return args
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file (``--test``: configs/test.yaml) with the flags on top."""
+    flags = {
+        ("data", "source"): args.source, ("data", "days"): args.days,
+        ("training", "epochs"): args.epochs, ("training", "batch_size"): args.batch_size,
+        ("training", "seed"): args.seed, ("run", "parallel"): args.parallel,
+        ("run", "results_dir"): args.results, ("run", "store_url"): args.store_url,
+        ("run", "symbols"): [s.strip() for s in args.symbols.split(",") if s.strip()] if args.symbols else None,
+    }
+    overrides: dict[str, dict[str, Any]] = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return load_config(TEST_CONFIG if args.test else args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+        resolve_symbols(config.run.symbols)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    outcomes = train_universe(config, resume=args.resume)
+    print()
+    print(summary_table(outcomes, config.windows.horizons))
+    failed = [o["symbol"] for o in outcomes if o["status"] != "completed"]
+    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} symbols trained; results in "
+          f"{Path(config.run.results_dir).resolve()}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

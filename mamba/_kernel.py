@@ -1,0 +1,117 @@
+"""Build and load the fused C selective scan (`_scan_kernel.c`) through ctypes.
+
+The kernel is plain C (no Python or torch headers), so building it takes about
+a second with the system compiler; the shared library is cached under
+`$MAMBAFLOW_CACHE` (default `~/.cache/mambaflow`) keyed by a hash of the
+source, the compiler, its flags and the CPU, and reused by later processes.
+When no compiler is found or the build fails, `load()` returns None with the
+reason in `load_error()`, and `mamba.scan` falls back to its pure-PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+_SOURCE = Path(__file__).with_name("_scan_kernel.c")
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"],
+    ["-O3", "-fno-math-errno"],  # compilers without -march=native / OpenMP SIMD
+)
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_tried = False
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MAMBAFLOW_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mambaflow"
+    )
+    return Path(root)
+
+
+def _cpu_signature() -> str:
+    """-march=native code must not be reused on another CPU: hash its flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((ln for ln in fh if ln.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + platform.system() + flags
+
+
+def _build(cc: str, flags: list[str], out: Path) -> str | None:
+    """Compile to a temporary file and rename it into place (atomic for
+    concurrent processes). Returns None on success, else the compiler's error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cc, *flags, "-fPIC", "-shared", "-pthread", "-o", tmp, str(_SOURCE), "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        return f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}"
+    os.replace(tmp, out)
+    return None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for sfx in ("f32", "f64"):
+        fwd = getattr(lib, f"scan_fwd_{sfx}")
+        fwd.argtypes = [p] * 8 + [i64] * 4 + [i32]
+        fwd.restype = i32
+        bwd = getattr(lib, f"scan_bwd_{sfx}")
+        bwd.argtypes = [p] * 14 + [i64] * 4 + [i32]
+        bwd.restype = i32
+
+
+def _load() -> ctypes.CDLL | None:
+    global _error
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        _error = "no C compiler found (set CC, or install gcc/clang)"
+        return None
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            _SOURCE.read_bytes() + repr((cc, flags, _cpu_signature())).encode()
+        ).hexdigest()[:16]
+        out = _cache_dir() / f"scan_kernel-{key}.so"
+        if not out.exists():
+            err = _build(cc, flags, out)
+            if err is not None:
+                errors.append(err)
+                continue
+        lib = ctypes.CDLL(str(out))
+        _declare(lib)
+        return lib
+    _error = "; ".join(errors)
+    return None
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first call; None if it cannot be built."""
+    global _lib, _tried, _error
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _lib = _load()
+            except OSError as exc:  # unwritable cache dir, failed dlopen
+                _error = f"{type(exc).__name__}: {exc}"
+                _lib = None
+        return _lib
+
+
+def load_error() -> str | None:
+    """Why `load()` returned None (None when it did not)."""
+    return _error

@@ -1,0 +1,183 @@
+"""Prefect task wrappers around the pure pipeline steps.
+
+Each wrapper only adds a name, retries and caching; the work is in the module
+it calls (``tasks.sources``, ``tasks.features`` ...), which is what unit tests
+exercise. Two steps are cached across flow runs, keyed on what determines
+their output:
+
+- ``fetch_bars``: source, symbol, date range, seed, the as-of day (so a nightly
+  run refetches; the yfinance adapter's own Parquet cache then downloads only
+  the new days), the source file's size and mtime for ``files:``, and the
+  source code of ``tasks/sources.py``.
+- ``build_features``: the bars' fingerprint, the feature config, and the source
+  code of ``tasks/features.py``.
+
+Their results are Polars frames persisted as Parquet (base64 text, which is
+what Prefect's result records hold) under ``RESULTS/prefect``; nothing is
+pickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
+from prefect.serializers import Serializer
+from pydantic import Field
+
+import tasks.features as features_mod
+import tasks.sources as sources_mod
+from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
+from tasks.evaluate import evaluate_forecasts
+from tasks.features import build_features as _build_features
+from tasks.sources import SourceError, bars_fingerprint, load_bars
+from tasks.store import ResultsStore, package_versions, save_model
+from tasks.train import TrainResult, load_forecaster, predict_windows
+from tasks.train import train_model as _train_model
+from tasks.validate import QualityReport, validate_bars as _validate_bars
+from tasks.windows import Windows, make_windows as _make_windows
+
+
+class ParquetSerializer(Serializer[pl.DataFrame]):
+    """Prefect result serializer for Polars frames: Parquet bytes, base64."""
+
+    type: str = Field(default="polars-parquet", frozen=True)
+
+    def dumps(self, obj: pl.DataFrame) -> bytes:
+        buf = io.BytesIO()
+        obj.write_parquet(buf)
+        return base64.b64encode(buf.getvalue())
+
+    def loads(self, blob: bytes) -> pl.DataFrame:
+        return pl.read_parquet(io.BytesIO(base64.b64decode(blob)))
+
+
+def _source_hash(module: Any) -> str:
+    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:16]
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+
+def _files_stamp(source: str, symbol: str) -> str:
+    """Size and mtime of a ``files:DIR`` source file, so an edited file misses."""
+    if not source.startswith("files:"):
+        return ""
+    folder = Path(source[len("files:"):])
+    stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+              for p in (folder / f"{symbol}.csv", folder / f"{symbol}.parquet") if p.is_file()]
+    return ",".join(stamps)
+
+
+def fetch_key(context: TaskRunContext, params: dict[str, Any]) -> str:
+    data: DataConfig = params["data"]
+    symbol = params["symbol"]
+    as_of = data.end or dt.date.today()
+    return "fetch-" + _digest(symbol, data.source, data.start, data.end, data.days, params.get("seed", 0),
+                              as_of, _files_stamp(data.source, symbol), _source_hash(sources_mod))
+
+
+def features_key(context: TaskRunContext, params: dict[str, Any]) -> str:
+    cfg: FeatureConfig = params["cfg"]
+    return "features-" + _digest(bars_fingerprint(params["bars"]), cfg.model_dump_json(), _source_hash(features_mod))
+
+
+def _retry_network_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a fetch only when the network (not the symbol) is the problem."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, SourceError) and getattr(exc, "retryable", False)
+
+
+@task(name="fetch_bars", task_run_name="fetch-{symbol}", cache_key_fn=fetch_key, persist_result=True,
+      result_serializer=ParquetSerializer(), retries=3, retry_delay_seconds=[2, 10, 30],
+      retry_condition_fn=_retry_network_only)
+def fetch_bars(symbol: str, data: DataConfig, cache_dir: Path, seed: int = 0) -> pl.DataFrame:
+    return load_bars(symbol, data.source, start=data.start, end=data.end, days=data.days,
+                     cache_dir=cache_dir, seed=seed)
+
+
+@task(name="validate_bars", task_run_name="validate-{symbol}", cache_policy=NO_CACHE)
+def validate_bars(bars: pl.DataFrame, symbol: str, min_rows: int) -> QualityReport:
+    return _validate_bars(bars, symbol, min_rows)
+
+
+@task(name="build_features", task_run_name="features-{symbol}", cache_key_fn=features_key, persist_result=True,
+      result_serializer=ParquetSerializer())
+def build_features(bars: pl.DataFrame, cfg: FeatureConfig, symbol: str) -> pl.DataFrame:
+    return _build_features(bars, cfg)
+
+
+@task(name="make_windows", task_run_name="windows-{symbol}", cache_policy=NO_CACHE)
+def make_windows(frame: pl.DataFrame, cfg: WindowConfig, symbol: str) -> Windows:
+    return _make_windows(frame, cfg=cfg)
+
+
+@task(name="train_model", task_run_name="train-{symbol}", cache_policy=NO_CACHE)
+def train_model(windows: Windows, config: Config, symbol: str, workdir: Path, resume: bool = False) -> TrainResult:
+    return _train_model(windows, config.model, config.training, config.augment, workdir,
+                        resume=resume, parallel=config.run.parallel)
+
+
+@task(name="evaluate_model", task_run_name="evaluate-{symbol}", cache_policy=NO_CACHE)
+def evaluate_model(trained: TrainResult, config: Config, windows: Windows, symbol: str) -> tuple[list[dict], np.ndarray]:
+    """Test-split metrics per horizon for the best weights, against the naive forecasts."""
+    model = load_forecaster(trained.state_dict, len(windows.feature_names), windows.horizons, config.model)
+    pred = predict_windows(model, windows.test.x)  # (n, h)
+    return evaluate_forecasts(windows.test.y, pred, windows.horizons, windows.train.y), pred
+
+
+def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, trained: TrainResult,
+                   evaluation: list[dict], report: QualityReport, fingerprint: str) -> dict[str, Any]:
+    """Everything predict needs to rebuild the model and its inputs, and what a reader needs to trust it."""
+    def span(split: Any) -> list[str]:
+        return [str(split.end_dates[0]), str(split.end_dates[-1])]
+
+    return {
+        "symbol": symbol,
+        "run_id": run_id,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": config.model.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
+        "feature_names": list(windows.feature_names),
+        "scaler": windows.scaler.to_dict(),
+        "horizons": [int(h) for h in windows.horizons],
+        "seq_len": int(windows.seq_len),
+        "splits": {"train": span(windows.train), "val": span(windows.val), "test": span(windows.test)},
+        "windows": {"train": len(windows.train.x), "val": len(windows.val.x), "test": len(windows.test.x)},
+        "data_fingerprint": fingerprint,
+        "quality": report.to_dict(),
+        "versions": package_versions(),
+        "metrics": {
+            "best_val_loss": trained.best_val_loss,
+            "best_epoch": trained.best_epoch,
+            "epochs": trained.epochs,
+            "parameters": trained.parameters,
+            "test": evaluation,
+        },
+    }
+
+
+@task(name="save_run", task_run_name="save-{symbol}", cache_policy=NO_CACHE)
+def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult, metadata: dict[str, Any],
+             evaluation: list[dict], rows: int, seconds: float) -> Path:
+    """Write the model atomically, then its rows in the store (the model first:
+    a store row never points at a model that is not there)."""
+    model_dir = save_model(store.results_dir, symbol, run_id, trained.state_dict, metadata)
+    store.record_epochs(run_id, symbol, trained.epoch_metrics)
+    store.record_evaluation(run_id, symbol, evaluation)
+    store.record_symbol(
+        run_id, symbol, "completed", rows=rows, windows=sum(metadata["windows"].values()),
+        parameters=trained.parameters, epochs=trained.epochs, best_val_loss=trained.best_val_loss,
+        seconds=seconds, model_path=str(model_dir), data_fingerprint=metadata["data_fingerprint"],
+    )
+    return model_dir

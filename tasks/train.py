@@ -1,0 +1,225 @@
+"""Train one symbol's Mamba forecaster with Lightning.
+
+``train_model`` is the pure step: windows in, best weights and per-epoch
+metrics out. Lightning does the loop; we add what a reproducible, resumable
+run needs:
+
+- ``seed_everything`` + deterministic algorithms, the model initialised under a
+  lock (threads training other symbols share torch's global RNG), and a
+  shuffle order that depends only on (seed, epoch), so the same seed gives
+  bit-identical weights and a resumed run replays the epochs it missed.
+- ModelCheckpoint keeps ``last.ckpt`` (Lightning's own resume format, local to
+  the work directory, deleted when the symbol completes); the *best* weights
+  are kept by ``BestWeights`` as safetensors, so nothing is unpickled to get
+  them back.
+- EarlyStopping on ``val_loss`` and the module's ReduceLROnPlateau.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as L
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from configs.schema import AugmentConfig, ModelConfig, TrainingConfig
+from mamba.lit import LitMambaForecaster
+from mamba.model import MambaForecaster
+from tasks.augment import AugmentCollate
+from tasks.windows import Windows
+
+log = logging.getLogger(__name__)
+
+_INIT_LOCK = threading.Lock()  # model init draws from torch's global RNG
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]  # best weights (lowest val_loss)
+    best_val_loss: float
+    best_epoch: int
+    epochs: int  # epochs run in total (including any before a resume)
+    parameters: int
+    epoch_metrics: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles with a permutation that depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` before each training epoch, so a run resumed
+    at epoch k sees exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class BestWeights(Callback):
+    """Keeps the weights of the best ``val_loss`` epoch as safetensors and
+    records one metrics row per epoch. Its state travels in ``last.ckpt``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.best = math.inf
+        self.best_epoch = -1
+        self.rows: list[dict[str, float]] = []
+        self.restored_epochs = 0  # epochs done before a resume
+        self._t0 = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after the epoch's validation loop, so val metrics are in.
+        if trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch, "seconds": time.perf_counter() - self._t0}
+        row.update({k: m[k] for k in ("train_loss", "val_loss", "train_mae", "val_mae", "lr") if k in m})
+        self.rows.append(row)
+        val = m.get("val_loss", math.inf)
+        if val < self.best:
+            self.best, self.best_epoch = val, trainer.current_epoch
+            tmp = self.path.with_suffix(".tmp")
+            save_file({k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}, str(tmp))
+            os.replace(tmp, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict["best"]
+        self.best_epoch = state_dict["best_epoch"]
+        self.rows = list(state_dict["rows"])
+        self.restored_epochs = len(self.rows)
+
+
+def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, sampler: Sampler | None = None,
+            collate: AugmentCollate | None = None) -> DataLoader:
+    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=0)
+
+
+def build_module(n_features: int, horizons: list[int], model: ModelConfig, training: TrainingConfig) -> LitMambaForecaster:
+    return LitMambaForecaster(
+        n_features=n_features,
+        horizons=list(horizons),
+        **model.model_dump(),
+        lr=training.lr,
+        weight_decay=training.weight_decay,
+        loss=training.loss,
+        lr_factor=training.lr_factor,
+        lr_patience=training.lr_patience,
+    )
+
+
+def train_model(
+    windows: Windows,
+    model: ModelConfig,
+    training: TrainingConfig,
+    augment: AugmentConfig,
+    workdir: Path,
+    *,
+    resume: bool = False,
+    parallel: int = 1,
+    callbacks: list[Callback] | None = None,
+) -> TrainResult:
+    """Fit on ``windows.train``, early-stop on ``windows.val``; return the best weights.
+
+    ``workdir`` holds ``last.ckpt``, ``best.safetensors`` and the CSV log while
+    the symbol trains. With ``resume`` and a ``last.ckpt`` there, training
+    continues from it; otherwise the folder is cleared first.
+    """
+    workdir = Path(workdir)
+    last = workdir / "last.ckpt"
+    if not resume and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = str(last) if resume and last.is_file() else None
+
+    # N trainers in N threads share the cores; give each its share.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+    L.seed_everything(training.seed, workers=True, verbose=False)
+    with _INIT_LOCK:
+        torch.manual_seed(training.seed)
+        module = build_module(len(windows.feature_names), list(windows.horizons), model, training)
+
+    best = BestWeights(workdir / "best.safetensors")
+    trainer = L.Trainer(
+        max_epochs=training.epochs,
+        accelerator=training.device,
+        devices=1,
+        precision=training.precision,
+        deterministic=True,
+        gradient_clip_val=training.grad_clip or None,
+        callbacks=[
+            ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_loss", save_top_k=1, save_last=True),
+            EarlyStopping(monitor="val_loss", patience=training.patience, mode="min"),
+            best,
+            *(callbacks or []),
+        ],
+        logger=CSVLogger(workdir, name="csv", version=0),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    train_dl = _loader(
+        windows.train.x, windows.train.y, training.batch_size,
+        sampler=EpochSampler(len(windows.train.x), training.seed),
+        collate=AugmentCollate(augment, training.seed) if augment.rate > 0 else None,
+    )
+    val_dl = _loader(windows.val.x, windows.val.y, max(training.batch_size, 256))
+    trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
+
+    if best.best_epoch < 0:
+        raise RuntimeError(f"training ran no validation epoch (epochs={training.epochs}); nothing to save")
+    state = load_file(str(best.path))
+    return TrainResult(
+        state_dict=state,
+        best_val_loss=best.best,
+        best_epoch=best.best_epoch,
+        epochs=trainer.current_epoch,
+        parameters=sum(p.numel() for p in module.model.parameters()),
+        epoch_metrics=list(best.rows),
+        resumed_from_epoch=best.restored_epochs if ckpt_path else None,
+    )
+
+
+def load_forecaster(state_dict: dict[str, torch.Tensor], n_features: int, horizons: list[int],
+                    model: ModelConfig | dict[str, Any]) -> MambaForecaster:
+    """A ``MambaForecaster`` in eval mode with ``state_dict`` loaded (strict)."""
+    kwargs = model.model_dump() if isinstance(model, ModelConfig) else dict(model)
+    net = MambaForecaster(n_features=n_features, horizons=list(horizons), **kwargs)
+    net.load_state_dict(state_dict, strict=True)
+    return net.eval()
+
+
+@torch.no_grad()
+def predict_windows(model: MambaForecaster, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Forecasts (n, h) for windows ``x`` (n, l, f), in batches."""
+    out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, len(model.horizons)), np.float32)
