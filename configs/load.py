@@ -72,7 +72,7 @@ def resolve_symbols(names: list[str], universes: dict[str, list[str]] | None = N
     out: list[str] = []
     for name in names:
         for symbol in universes.get(name, [name]):
-            symbol = symbol.strip().upper()
+            symbol = symbol.strip()
             if symbol and symbol not in out:
                 out.append(symbol)
     if not out:

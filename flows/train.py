@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pytorch_lightning")
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from configs.load import TEST_CONFIG, ConfigError, load_config, resolve_symbols
 from configs.schema import Config
 from tasks import steps
 from tasks.features import WARMUP_ROWS
+from tasks.sources import validate_symbol
 from tasks.store import ResultsStore
 from tasks.windows import required_rows
 
@@ -45,6 +47,7 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     """The whole pipeline for one symbol; raises on any failure (the parent records it)."""
     t0 = time.perf_counter()
     log = get_run_logger()
+    validate_symbol(symbol)  # before the symbol touches any path
     results = Path(config.run.results_dir).resolve()
     store = ResultsStore(results, config.run.store_url)
     cached = {"result_storage": results / "prefect"}
@@ -58,12 +61,14 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     windows = steps.make_windows(frame, w, symbol)
     log.info("%s: %d bars %s..%s, windows train/val/test %d/%d/%d", symbol, bars.height, bars["date"][0],
              bars["date"][-1], len(windows.train.x), len(windows.val.x), len(windows.test.x))
-    trained = steps.train_model(windows, config, symbol, results / "work" / symbol, resume)
+    workdir = results / "work" / symbol
+    trained = steps.train_model(windows, config, symbol, workdir, resume)
     evaluation, _pred = steps.evaluate_model(trained, config, windows, symbol)
     fingerprint = steps.bars_fingerprint(bars)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     seconds = time.perf_counter() - t0
     model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
+    shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
                     skill={r["horizon"]: r["skill_zero"] for r in evaluation}, seconds=seconds,
                     model_path=str(model_dir))

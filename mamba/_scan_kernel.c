@@ -48,7 +48,9 @@
 static inline float exp_f32(float x) {
     const float lo = -87.3f, hi = 88.0f;
     float xc = x < lo ? lo : (x > hi ? hi : x);
-    float k = floorf(xc * 1.44269504088896341f + 0.5f);
+    /* round to nearest by the 1.5 * 2^23 trick: plain arithmetic, which
+     * vectorises even where gcc masks the lanes (a floorf call does not) */
+    float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = xc - k * 0.693359375f;
     r = r + k * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -69,7 +71,7 @@ static inline float exp_f32(float x) {
 static inline double exp_f64(double x) {
     const double lo = -708.0, hi = 709.0;
     double xc = x < lo ? lo : (x > hi ? hi : x);
-    double k = floor(xc * 1.4426950408889634074 + 0.5);
+    double k = (xc * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;
     double r = xc - k * 6.93145751953125e-1;
     r = r - k * 1.42860682030941723212e-6;
     double p = 1.0 / 479001600.0;          /* 1/12! */
@@ -166,32 +168,33 @@ static void SFX(fwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
     const int64_t L = a->L, E = a->E, N = a->N;
     real *h = (real *)malloc(sizeof(real) * (size_t)(N * EC));
     if (!h) { *err = 1; return; }
-    real du[EC], yv[EC];
+    real du[EC];
+    const real *restrict At = a->At, *restrict D = a->D;
     for (int64_t b = lo; b < hi; b++) {
         for (int64_t e0 = 0; e0 < E; e0 += EC) {
             const int64_t ec = E - e0 < EC ? E - e0 : EC;
             memset(h, 0, sizeof(real) * (size_t)(N * EC));
             for (int64_t t = 0; t < L; t++) {
                 const int64_t row = (b * L + t) * E + e0;
-                const real *dt = a->delta + row, *ut = a->u + row;
-                const real *Bt = a->B + (b * L + t) * N, *Ct = a->C + (b * L + t) * N;
+                const real *restrict dt = a->delta + row, *restrict ut = a->u + row;
+                const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
+                real *restrict yt = a->y + row;
 #pragma omp simd
                 for (int64_t e = 0; e < ec; e++) {
                     du[e] = dt[e] * ut[e];
-                    yv[e] = a->D[e0 + e] * ut[e];
+                    yt[e] = D[e0 + e] * ut[e];
                 }
                 for (int64_t n = 0; n < N; n++) {
                     const real bn = Bt[n], cn = Ct[n];
-                    const real *An = a->At + n * E + e0;
-                    real *hn = h + n * EC;
+                    const real *restrict An = At + n * E + e0;
+                    real *restrict hn = h + n * EC;
 #pragma omp simd
                     for (int64_t e = 0; e < ec; e++) {
                         real hv = EXP(dt[e] * An[e]) * hn[e] + du[e] * bn;
                         hn[e] = hv;
-                        yv[e] += hv * cn;
+                        yt[e] += hv * cn;
                     }
                 }
-                memcpy(a->y + row, yv, sizeof(real) * (size_t)ec);
             }
             if (a->h_last)
                 for (int64_t n = 0; n < N; n++)

@@ -39,7 +39,7 @@ import tasks.sources as sources_mod
 from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
 from tasks.evaluate import evaluate_forecasts
 from tasks.features import build_features as _build_features
-from tasks.sources import SourceError, bars_fingerprint, load_bars
+from tasks.sources import SourceError, bars_fingerprint, find_file, load_bars
 from tasks.store import ResultsStore, package_versions, save_model
 from tasks.train import TrainResult, load_forecaster, predict_windows
 from tasks.train import train_model as _train_model
@@ -70,13 +70,14 @@ def _digest(*parts: Any) -> str:
 
 
 def _files_stamp(source: str, symbol: str) -> str:
-    """Size and mtime of a ``files:DIR`` source file, so an edited file misses."""
+    """Size and mtime of a ``files:DIR`` source file, so an edited file misses the cache."""
     if not source.startswith("files:"):
         return ""
-    folder = Path(source[len("files:"):])
-    stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-              for p in (folder / f"{symbol}.csv", folder / f"{symbol}.parquet") if p.is_file()]
-    return ",".join(stamps)
+    try:
+        stat = find_file(symbol, Path(source[len("files:"):])).stat()
+    except SourceError:
+        return "missing"  # load_bars raises the clear error
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def fetch_key(context: TaskRunContext, params: dict[str, Any]) -> str:
@@ -161,6 +162,7 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
             "best_val_loss": trained.best_val_loss,
             "best_epoch": trained.best_epoch,
             "epochs": trained.epochs,
+            "resumed_from_epoch": trained.resumed_from_epoch,
             "parameters": trained.parameters,
             "test": evaluation,
         },

@@ -12,7 +12,9 @@ URL such as PostgreSQL for several machines) has five tables:
 
 Every write method runs in one transaction and replaces the rows it names
 (re-recording an epoch, a horizon or a symbol outcome overwrites it), so a
-retried task never duplicates rows. On SQLite the store turns on WAL and a
+retried task never duplicates rows. Symbols in rows are stored as given (a
+symbol that failed validation is still recorded, with its reason); only
+``save_model``, where a symbol becomes a path, validates it. On SQLite the store turns on WAL and a
 busy timeout and starts write transactions with ``BEGIN IMMEDIATE``: writers
 queue for the lock instead of failing with "database is locked" when the flow
 trains several symbols in threads. (WAL needs a local disk, not NFS; use
@@ -51,22 +53,13 @@ from sqlalchemy import (
 )
 
 from tasks.evaluate import EVALUATION_KEYS
+from tasks.sources import validate_symbol
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
 RUN_STATUSES = ("running", "completed", "partial", "failed")
 SYMBOL_STATUSES = ("completed", "failed")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-_SYMBOL = re.compile(r"[A-Za-z0-9.\-^=]{1,20}")
-
-
-def validate_symbol(symbol: str) -> str:
-    """The symbol unchanged if it is safe in a path, else ValueError."""
-    if not isinstance(symbol, str) or not _SYMBOL.fullmatch(symbol) or set(symbol) <= {"."}:
-        raise ValueError(
-            f"bad symbol {symbol!r}: use 1-20 letters, digits, '.', '-', '^' or '=' (e.g. BRK-B, ^GSPC)"
-        )
-    return symbol
 
 
 def _check_run_id(run_id: str) -> str:
@@ -95,7 +88,7 @@ RUNS = Table(
 SYMBOL_RUNS = Table(
     "symbol_runs", _meta,
     Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
-    Column("symbol", String(20), primary_key=True),
+    Column("symbol", String, primary_key=True),
     Column("status", String(16), nullable=False),
     Column("error", Text),
     Column("rows", Integer),
@@ -105,21 +98,21 @@ SYMBOL_RUNS = Table(
     Column("best_val_loss", Float),
     Column("seconds", Float),
     Column("model_path", Text),
-    Column("data_fingerprint", String(128)),
+    Column("data_fingerprint", String),
     Column("started_at", _ts),
     Column("finished_at", _ts),
 )
 EPOCH_METRICS = Table(
     "epoch_metrics", _meta,
     Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
-    Column("symbol", String(20), primary_key=True),
+    Column("symbol", String, primary_key=True),
     Column("epoch", Integer, primary_key=True),
     *(Column(c, Float) for c in ("train_loss", "val_loss", "train_mae", "val_mae", "lr", "seconds")),
 )
 EVALUATIONS = Table(
     "evaluations", _meta,
     Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
-    Column("symbol", String(20), primary_key=True),
+    Column("symbol", String, primary_key=True),
     Column("horizon", Integer, primary_key=True),
     Column("n", Integer, nullable=False),
     *(Column(k, Float) for k in EVALUATION_KEYS[2:]),
@@ -127,7 +120,7 @@ EVALUATIONS = Table(
 PREDICTIONS = Table(
     "predictions", _meta,
     Column("model_run_id", String(64), primary_key=True),  # the run that trained the model
-    Column("symbol", String(20), primary_key=True),
+    Column("symbol", String, primary_key=True),
     Column("as_of", Date, primary_key=True),
     Column("horizon", Integer, primary_key=True),
     Column("target_date", Date, nullable=False),
@@ -219,10 +212,14 @@ class ResultsStore:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{self.results_dir / 'store.db'}"
         self.engine = create_engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=True)  # for messages
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
         with self._write() as conn:
             _meta.create_all(conn)
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.results_dir)!r}, url={self.url!r})"
 
     def close(self) -> None:
         self.engine.dispose()
@@ -274,7 +271,6 @@ class ResultsStore:
     # ------------------------------------------------------------ per symbol
 
     def _require_run(self, conn: Connection, run_id: str, symbol: str) -> None:
-        validate_symbol(symbol)
         if conn.execute(select(RUNS.c.run_id).where(RUNS.c.run_id == run_id)).first() is None:
             raise ValueError(f"{symbol}: run {run_id!r} is not in the store; call start_run first")
 
@@ -338,7 +334,6 @@ class ResultsStore:
         rows = _rows_for(PREDICTIONS, rows, {}, (*key, "target_date", "predicted_return",
                                                   "predicted_price", "last_close"))
         for r in rows:
-            validate_symbol(r["symbol"])
             r["as_of"] = _as_date(r["as_of"], "as_of")
             r["target_date"] = _as_date(r["target_date"], "target_date")
             r["created_at"] = _utc(r.get("created_at")) or _now()
@@ -433,7 +428,7 @@ def save_model(
     is never replaced: FileExistsError (run ids are unique, so this means the
     run was already saved). Returns the model directory.
     """
-    validate_symbol(symbol)
+    symbol = validate_symbol(symbol)  # it becomes a path: checked, canonical case
     _check_run_id(run_id)
     if not isinstance(metadata, dict):
         raise TypeError(f"{symbol}: metadata must be a dict, got {type(metadata).__name__}")

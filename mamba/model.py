@@ -1,0 +1,202 @@
+"""Mamba forecaster: the `mamba_simple` block of state-spaces/mamba, stacked
+with pre-norm residuals, reading a window of features and predicting one value
+per horizon from the last time step.
+
+Glossary of tensor letters (shared/STYLE.md):
+    b batch, l window length, f input features, d d_model, e d_inner
+    (= expand * d), n d_state, r dt_rank, k d_conv, h number of horizons.
+
+The block (Gu & Dao 2023, Sec. 3.4, Fig. 3; Algorithm 2 for the SSM):
+
+    x, z = in_proj(u)                                    (b, l, e) each
+    x    = SiLU(causal depthwise conv1d(x))
+    Δ, B, C = softplus(dt_proj(x_proj(x)[:r])), x_proj(x)[r:r+n], x_proj(x)[r+n:]
+    y    = selective_scan(x, Δ, A = -exp(A_log), B, C, D)  (eq. 2a-2b, ZOH on A)
+    out  = out_proj(y * SiLU(z))
+
+Residual layer: pre-norm, `u + dropout(block(RMSNorm(u)))`.  RMSNorm rather
+than LayerNorm because it is what the reference uses (mamba_simple's Block
+with `rms_norm=True`, the default of MambaLMHeadModel and of the released
+checkpoints), so parameter counts and initialisation match the paper's model;
+it also drops LayerNorm's mean subtraction and bias, which the following
+in_proj (no bias) would not use, and costs one reduction instead of two.
+
+Recurrent mode: `MambaForecaster.step` carries, per layer, the last k conv
+inputs (b, e, k) and the SSM state h (b, e, n), so one new bar costs O(1) in
+the window length and stepping through a window reproduces `forward`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mamba.scan import selective_scan
+
+LayerState = tuple[torch.Tensor, torch.Tensor]  # conv window (b, e, k), SSM state (b, e, n)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019), eps as in mamba."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # (..., d)
+
+
+class MambaBlock(nn.Module):
+    """The mamba_simple mixer (without the CUDA fusions), same names and init."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        e, n, r = self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=False)
+        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, e, bias=True)
+        self.out_proj = nn.Linear(e, d_model, bias=False)
+
+        # dt_proj init (mamba_simple): weight ~ U(±r^-0.5); bias = softplus^-1(dt)
+        # with dt log-uniform in [dt_min, dt_max], so that Δ starts in that range.
+        nn.init.uniform_(self.dt_proj.weight, -r**-0.5, r**-0.5)
+        dt = torch.exp(torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))  # (e,)
+        dt = dt.clamp(min=dt_init_floor)  # (e,)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # (e,)
+
+        # S4D-real init: A = -[1, 2, ..., n] for every channel, stored as log(-A).
+        A = torch.arange(1, n + 1, dtype=torch.float32).repeat(e, 1)  # (e, n)
+        self.A_log = nn.Parameter(torch.log(A))  # (e, n)
+        self.D = nn.Parameter(torch.ones(e))  # (e,)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def _ssm_inputs(self, x):
+        """Δ, B, C from the conv output x (..., e): the selection mechanism."""
+        x_dbl = self.x_proj(x)  # (..., r + 2n)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))  # (..., e)
+        return delta, B, C
+
+    def forward(self, u, return_state: bool = False):
+        """u (b, l, d) -> (b, l, d); with `return_state`, also the LayerState after step l-1."""
+        l = u.shape[1]
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, e), (b, l, e)
+        xc = self.conv1d(x.transpose(1, 2))[..., :l]  # causal: keep outputs 0..l-1  (b, e, l)
+        xc = F.silu(xc.transpose(1, 2))  # (b, l, e)
+        delta, B, C = self._ssm_inputs(xc)  # (b, l, e), (b, l, n), (b, l, n)
+        A = -torch.exp(self.A_log)  # (e, n)
+        ys = selective_scan(xc, delta, A, B, C, self.D, return_last_state=return_state)
+        y = ys[0] if return_state else ys  # (b, l, e)
+        out = self.out_proj(y * F.silu(z))  # (b, l, d)
+        if not return_state:
+            return out
+        k = self.d_conv
+        conv_state = F.pad(x.transpose(1, 2), (max(k - l, 0), 0))[..., -k:]  # (b, e, k)
+        return out, (conv_state, ys[1])
+
+    def step(self, u_t, state: LayerState | None = None):
+        """One time step: u_t (b, d) -> (b, d), with the layer state carried over."""
+        b = u_t.shape[0]
+        if state is None:
+            state = (u_t.new_zeros(b, self.d_inner, self.d_conv), u_t.new_zeros(b, self.d_inner, self.d_state))
+        conv_state, h = state  # (b, e, k), (b, e, n)
+        x, z = self.in_proj(u_t).chunk(2, dim=-1)  # (b, e), (b, e)
+        conv_state = torch.cat([conv_state[..., 1:], x.unsqueeze(-1)], dim=-1)  # (b, e, k)
+        xc = (conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias  # (b, e)
+        xc = F.silu(xc)  # (b, e)
+        delta, B, C = self._ssm_inputs(xc)  # (b, e), (b, n), (b, n)
+        A = -torch.exp(self.A_log)  # (e, n)
+        h = torch.exp(delta.unsqueeze(-1) * A) * h + (delta * xc).unsqueeze(-1) * B.unsqueeze(1)  # (b, e, n)
+        y = torch.einsum("ben,bn->be", h, C) + self.D * xc  # (b, e)
+        return self.out_proj(y * F.silu(z)), (conv_state, h)  # (b, d)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-norm residual: u + dropout(mixer(RMSNorm(u)))."""
+
+    def __init__(self, d_model: int, dropout: float = 0.0, **block_kwargs):
+        super().__init__()
+        self.norm = RMSNorm(d_model)
+        self.mixer = MambaBlock(d_model, **block_kwargs)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, u, return_state: bool = False):
+        out = self.mixer(self.norm(u), return_state=return_state)
+        if return_state:
+            return u + self.dropout(out[0]), out[1]  # (b, l, d)
+        return u + self.dropout(out)  # (b, l, d)
+
+    def step(self, u_t, state: LayerState | None = None):
+        out, state = self.mixer.step(self.norm(u_t), state)  # (b, d)
+        return u_t + self.dropout(out), state
+
+
+class MambaForecaster(nn.Module):
+    """Features (b, l, f) -> one forecast per horizon (b, h), read at the last step."""
+
+    def __init__(self, n_features: int, horizons: Sequence[int], d_model: int = 64, n_layers: int = 4,
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.n_features = n_features
+        self.horizons = tuple(int(h) for h in horizons)
+        if not self.horizons:
+            raise ValueError("MambaForecaster: horizons is empty; give at least one, e.g. (1, 5, 10, 30)")
+        self.embed = nn.Linear(n_features, d_model)
+        self.layers = nn.ModuleList(
+            ResidualBlock(d_model, dropout, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(n_layers)
+        )
+        self.norm_f = RMSNorm(d_model)
+        self.head = nn.Linear(d_model, len(self.horizons))
+        # GPT-2 / mamba (mixer_seq_simple._init_weights, rescale_prenorm_residual):
+        # scale each residual branch's output projection by 1/sqrt(n_layers) so the
+        # residual stream's variance does not grow with depth.
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.mixer.out_proj.weight /= math.sqrt(n_layers)
+
+    def _check(self, x, dims: int):
+        if x.dim() != dims or x.shape[-1] != self.n_features:
+            want = "(b, l, f)" if dims == 3 else "(b, f)"
+            raise ValueError(f"MambaForecaster: input must be {want} with f={self.n_features}, got {tuple(x.shape)}")
+
+    def forward(self, x, return_state: bool = False):
+        """x (b, l, f) -> (b, h); with `return_state`, also the state for `step`
+        to continue from (a window's forecast, then one new bar at a time)."""
+        self._check(x, 3)
+        u = self.embed(x)  # (b, l, d)
+        states = []
+        for layer in self.layers:
+            if return_state:
+                u, s = layer(u, return_state=True)  # (b, l, d)
+                states.append(s)
+            else:
+                u = layer(u)  # (b, l, d)
+        y = self.head(self.norm_f(u[:, -1]))  # norm only the step we read  (b, h)
+        return (y, tuple(states)) if return_state else y
+
+    @torch.no_grad()
+    def step(self, x_t, state: Sequence[LayerState] | None = None):
+        """One new bar x_t (b, f) -> (forecast (b, h), new state); state None = empty history."""
+        self._check(x_t, 2)
+        u = self.embed(x_t)  # (b, d)
+        state = state if state is not None else (None,) * len(self.layers)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            u, s = layer.step(u, s)  # (b, d)
+            new_state.append(s)
+        return self.head(self.norm_f(u)), tuple(new_state)  # (b, h)

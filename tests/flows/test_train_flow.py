@@ -1,0 +1,170 @@
+"""The training flow end to end, on tiny models (about a second of training each)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+import tasks.steps
+from flows.train import main, train_universe
+from tasks.sources import load_bars
+from tasks.store import ResultsStore, load_model
+from tests.flows.conftest import tiny_config
+
+
+def _weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_model(Path(path))[0]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
+    config = tiny_config(tmp_path, ["AAA", "BBB"])
+    outcomes = train_universe(config)
+    assert [o["status"] for o in outcomes] == ["completed", "completed"]
+
+    store = ResultsStore(tmp_path)
+    runs = store.symbol_runs()
+    assert sorted(r["symbol"] for r in runs) == ["AAA", "BBB"]
+    for r in runs:
+        assert r["status"] == "completed" and r["error"] is None
+        assert r["epochs"] == 3
+        assert r["rows"] == 420
+        epochs = store.epoch_metrics(r["run_id"], r["symbol"])
+        assert [e["epoch"] for e in epochs] == [0, 1, 2]
+        assert r["best_val_loss"] == pytest.approx(min(e["val_loss"] for e in epochs), rel=1e-6)
+        evaluation = store.evaluations(r["run_id"], r["symbol"])
+        assert sorted(e["horizon"] for e in evaluation) == [1, 5, 10, 30]
+        for e in evaluation:
+            assert e["skill_zero"] == pytest.approx(1 - e["mae"] / e["zero_mae"])
+        state, meta = load_model(Path(r["model_path"]))
+        assert meta["symbol"] == r["symbol"] and meta["horizons"] == [1, 5, 10, 30]
+        assert meta["data_fingerprint"] == r["data_fingerprint"]
+        assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
+        assert sum(v.numel() for v in state.values()) == r["parameters"]
+        # the work directory (checkpoints) is gone once the symbol completed
+        assert not (tmp_path / "work" / r["symbol"] / "last.ckpt").exists()
+
+
+def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
+    code = main(["--source", "synthetic", "--symbols", "AAA,../etc,BBB", "--days", "420", "--epochs", "1",
+                 "--results", str(tmp_path), "--parallel", "2",
+                 "--config", str(_tiny_yaml(tmp_path))])
+    assert code == 1
+    runs = {r["symbol"]: r for r in ResultsStore(tmp_path).symbol_runs()}
+    assert runs["AAA"]["status"] == runs["BBB"]["status"] == "completed"
+    assert runs["../etc"]["status"] == "failed"
+    assert "../etc" in runs["../etc"]["error"]
+    out = capsys.readouterr().out
+    assert "failed" in out and "../etc" in out
+
+
+def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  epocs: 3\n")
+    assert main(["--config", str(bad), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "training.epocs" in err
+    assert not (tmp_path / "store.db").exists()  # failed before any work
+
+
+def test_bad_flag_value_exits_2(tmp_path, capsys):
+    assert main(["--test", "--epochs", "0", "--results", str(tmp_path)]) == 2
+    assert "training.epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--epochs", "three"])
+    assert exc.value.code == 2
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path):
+    a = train_universe(tiny_config(tmp_path / "a", ["AAA"]))[0]
+    b = train_universe(tiny_config(tmp_path / "b", ["AAA"]))[0]
+    c = train_universe(tiny_config(tmp_path / "c", ["AAA"], seed=8))[0]
+    assert _same(_weights(a["model_path"]), _weights(b["model_path"]))
+    assert not _same(_weights(a["model_path"]), _weights(c["model_path"]))
+
+
+def test_changing_test_period_bars_leaves_weights_identical(tmp_path):
+    bars = load_bars("AAA", "synthetic", days=420)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def train_on(frame: pl.DataFrame, name: str) -> dict[str, torch.Tensor]:
+        frame.write_csv(data / "AAA.csv")
+        out = train_universe(tiny_config(tmp_path / name, ["AAA"], source=f"files:{data}"))[0]
+        assert out["status"] == "completed", out["error"]
+        return _weights(out["model_path"])
+
+    base = train_on(bars, "base")
+    n = bars.height
+    # the last 10 bars lie in the test period (test_frac 0.15 of 420 rows)
+    late = bars.with_columns(
+        pl.when(pl.int_range(n) >= n - 10).then(pl.col(c) * 1.1).otherwise(pl.col(c)).alias(c)
+        for c in ("open", "high", "low", "close"))
+    assert _same(base, train_on(late, "late"))
+    # ... while the same change in the training period changes the weights
+    early = bars.with_columns(
+        pl.when((pl.int_range(n) >= 150) & (pl.int_range(n) < 160)).then(pl.col(c) * 1.1).otherwise(pl.col(c)).alias(c)
+        for c in ("open", "high", "low", "close"))
+    assert not _same(base, train_on(early, "early"))
+
+
+class _Interrupt(Callback):
+    """Stands in for a crash after epoch ``at`` (its checkpoint is written)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path / "full", ["AAA"], epochs=4, patience=10)
+    full = train_universe(config)[0]
+
+    interrupted = tiny_config(tmp_path / "resumed", ["AAA"], epochs=4, patience=10)
+    original = tasks.steps._train_model
+
+    def crashing(*args, **kwargs):
+        return original(*args, **kwargs, callbacks=[_Interrupt(at=1)])
+
+    monkeypatch.setattr(tasks.steps, "_train_model", crashing)
+    first = train_universe(interrupted)[0]
+    assert first["status"] == "failed" and "simulated crash" in first["error"]
+    assert (tmp_path / "resumed" / "work" / "AAA" / "last.ckpt").is_file()
+    monkeypatch.setattr(tasks.steps, "_train_model", original)
+
+    resumed = train_universe(interrupted, resume=True)[0]
+    assert resumed["status"] == "completed"
+    _, meta = load_model(Path(resumed["model_path"]))
+    assert meta["metrics"]["resumed_from_epoch"] == 2
+    assert meta["metrics"]["epochs"] == 4
+    # the resumed run replays exactly what the uninterrupted run did
+    assert _same(_weights(full["model_path"]), _weights(resumed["model_path"]))
+
+
+def test_store_rows_are_readable_with_plain_sqlite(tmp_path):
+    """The default store is an ordinary SQLite file other tools can read."""
+    train_universe(tiny_config(tmp_path, ["CCC"]))
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        (count,) = db.execute("select count(*) from evaluations where symbol = 'CCC'").fetchone()
+    assert count == 4
+
+
+def _tiny_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "windows: {seq_len: 20}\n"
+        "model: {d_model: 8, n_layers: 1, d_state: 4}\n"
+        "training: {epochs: 2, seed: 7}\n"
+    )
+    return path

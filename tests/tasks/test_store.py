@@ -1,0 +1,354 @@
+"""Results store: table round trips, upserts, concurrency, atomic model files."""
+
+import datetime as dt
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import torch
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
+
+import tasks.store as store_mod
+from tasks.evaluate import evaluate_forecasts
+from tasks.store import (
+    METADATA_FILE, WEIGHTS_FILE, ModelFileError, ResultsStore, load_model,
+    package_versions, save_model,
+)
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ResultsStore(tmp_path / "results")
+    yield s
+    s.close()
+
+
+def _state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "layers.0.A_log": torch.randn(8, 4, generator=g),
+        "layers.0.D": torch.randn(8, generator=g, dtype=torch.float64),
+        "head.weight": torch.randn(4, 3, generator=g).T,      # non-contiguous view
+        "step": torch.tensor(7, dtype=torch.int64),
+        "half": torch.randn(5, generator=g).to(torch.bfloat16),
+    }
+
+
+# ---------------------------------------------------------------- SQL tables
+
+def test_default_url_is_sqlite_in_results_dir_with_wal(tmp_path):
+    s = ResultsStore(tmp_path / "new" / "results")
+    assert (tmp_path / "new" / "results" / "store.db").is_file()
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
+    assert set(sa.inspect(s.engine).get_table_names()) == {
+        "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions"}
+    s.close()
+
+
+def test_any_url_is_used_and_shown_without_password(tmp_path):
+    s = ResultsStore(tmp_path / "results", url=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    s.start_run("r1", {}, [])
+    assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "results").exists()
+    assert s.url == f"sqlite:///{tmp_path / 'elsewhere.db'}" and "elsewhere.db" in repr(s)
+    s.close()
+
+
+def test_run_ids_sort_by_time_and_are_unique():
+    ids = [ResultsStore.new_run_id() for _ in range(200)]
+    assert len(set(ids)) == 200
+    assert sorted(ids, key=lambda i: i.split("-")[0]) == ids   # timestamp part is monotone
+    stamp = dt.datetime.strptime(ids[0].split("-")[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    assert abs((dt.datetime.now(UTC) - stamp).total_seconds()) < 60
+
+
+def test_runs_round_trip(store):
+    rid = store.new_run_id()
+    config = {"training": {"epochs": 3, "lr": 1e-3}, "data": {"start": dt.date(2020, 1, 2)}}
+    before = dt.datetime.now(UTC)
+    store.start_run(rid, config, ["AAPL", "BRK-B"])
+    (run,) = store.runs()
+    assert run["status"] == "running" and run["finished_at"] is None
+    assert run["config"] == {"training": {"epochs": 3, "lr": 1e-3}, "data": {"start": "2020-01-02"}}
+    assert run["symbols"] == ["AAPL", "BRK-B"]
+    assert before <= run["started_at"] <= dt.datetime.now(UTC)
+    store.finish_run(rid, "partial")
+    (run,) = store.runs(rid)
+    assert run["status"] == "partial" and run["finished_at"] >= run["started_at"]
+    with pytest.raises(ValueError, match="already exists"):
+        store.start_run(rid, {}, [])
+    with pytest.raises(ValueError, match="not in the store"):
+        store.finish_run("nope", "completed")
+    with pytest.raises(ValueError, match="must be one of"):
+        store.finish_run(rid, "done")
+
+
+def test_symbol_runs_round_trip_and_upsert(store, tmp_path):
+    rid = store.new_run_id()
+    store.start_run(rid, {}, ["AAPL", "MSFT"])
+    model_dir = store.results_dir / "models" / "AAPL" / rid
+    store.record_symbol(rid, "AAPL", "failed", error="first try: boom", seconds=1.0)
+    store.record_symbol(
+        rid, "AAPL", "completed", rows=np.int64(2500), windows=870, parameters=123_456,
+        epochs=12, best_val_loss=torch.tensor(0.25), seconds=np.float32(42.5),
+        model_path=model_dir, data_fingerprint="abc123",
+        finished_at=dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    store.record_symbol(rid, "MSFT", "failed", error="MSFT: 212 rows after validation, need >= 400")
+    aapl, msft = store.symbol_runs(rid)
+    assert aapl == {
+        "run_id": rid, "symbol": "AAPL", "status": "completed", "error": None,
+        "rows": 2500, "windows": 870, "parameters": 123_456, "epochs": 12,
+        "best_val_loss": 0.25, "seconds": 42.5, "model_path": str(model_dir),
+        "data_fingerprint": "abc123",
+        "started_at": dt.datetime(2025, 1, 2, 3, 3, 22, 500000, tzinfo=UTC),
+        "finished_at": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+    }
+    assert msft["status"] == "failed" and msft["error"].startswith("MSFT: 212 rows")
+    assert len(store.symbol_runs()) == 2            # the upsert replaced, did not add
+    # the path is stored relative to the results dir, so the store survives a move
+    with store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT model_path FROM symbol_runs WHERE symbol='AAPL'").scalar()
+    assert stored == f"models/AAPL/{rid}"
+
+
+def test_record_symbol_refuses_bad_input(store):
+    rid = store.new_run_id()
+    store.start_run(rid, {}, ["AAPL"])
+    with pytest.raises(ValueError, match="needs its reason"):
+        store.record_symbol(rid, "AAPL", "failed")
+    with pytest.raises(ValueError, match="must be one of"):
+        store.record_symbol(rid, "AAPL", "running")
+    with pytest.raises(ValueError, match="call start_run first"):
+        store.record_symbol("unknown-run", "AAPL", "completed")
+    assert store.symbol_runs() == []
+    # a symbol that is not even a valid name is still recorded as failed, with its reason
+    store.record_symbol(rid, "../etc", "failed", error="ValueError: invalid symbol '../etc'")
+    assert [(r["symbol"], r["status"]) for r in store.symbol_runs()] == [("../etc", "failed")]
+    assert store.latest_model("../etc") is None
+
+
+def test_epoch_metrics_round_trip_and_replace(store):
+    rid = store.new_run_id()
+    store.start_run(rid, {}, ["AAPL"])
+    rows = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_loss": 2.0 / (e + 1), "train_mae": 0.1,
+             "val_mae": 0.2, "lr": 1e-3, "seconds": 1.5} for e in range(3)]
+    store.record_epochs(rid, "AAPL", rows)
+    store.record_epochs(rid, "AAPL", [{"epoch": 2, "val_loss": 0.125}])   # resumed epoch 2
+    got = store.epoch_metrics(rid, "AAPL")
+    assert [r["epoch"] for r in got] == [0, 1, 2]
+    assert got[0] == {"run_id": rid, "symbol": "AAPL", **rows[0]}
+    assert got[2]["val_loss"] == 0.125 and got[2]["train_loss"] is None
+    assert store.epoch_metrics(rid, "MSFT") == []
+    with pytest.raises(ValueError, match=r"unknown keys \['val_los'\]"):
+        store.record_epochs(rid, "AAPL", [{"epoch": 3, "val_los": 1.0}])
+    with pytest.raises(ValueError, match=r"missing \['epoch'\]"):
+        store.record_epochs(rid, "AAPL", [{"val_loss": 1.0}])
+    assert len(store.epoch_metrics(rid, "AAPL")) == 3
+
+
+def test_evaluations_round_trip(store):
+    rid = store.new_run_id()
+    store.start_run(rid, {}, ["AAPL"])
+    rng = np.random.default_rng(1)
+    rows = evaluate_forecasts(rng.normal(size=(20, 4)), rng.normal(size=(20, 4)),
+                              [1, 5, 10, 30], rng.normal(size=(50, 4)))
+    store.record_evaluation(rid, "AAPL", rows)
+    store.record_evaluation(rid, "AAPL", rows[:1])                       # idempotent
+    got = store.evaluations(rid, "AAPL")
+    assert got == [{"run_id": rid, "symbol": "AAPL", **r} for r in rows]
+
+
+def test_predictions_round_trip_and_replace(store):
+    rows = [{"model_run_id": "r1", "symbol": "AAPL", "as_of": dt.date(2025, 1, 3), "horizon": h,
+             "target_date": dt.date(2025, 1, 3) + dt.timedelta(days=h), "predicted_return": 0.01 * h,
+             "predicted_price": 100 * np.exp(0.01 * h), "last_close": 100.0} for h in (1, 5)]
+    store.record_predictions(rows)
+    store.record_predictions([{**rows[0], "as_of": "2025-01-03", "predicted_return": -0.5,
+                               "symbol": "AAPL"}, {**rows[0], "symbol": "MSFT"}])
+    aapl = store.predictions("AAPL")
+    assert [(r["horizon"], r["predicted_return"]) for r in aapl] == [(1, -0.5), (5, 0.05)]
+    assert aapl[1]["predicted_price"] == pytest.approx(100 * np.exp(0.05))
+    assert aapl[1]["target_date"] == dt.date(2025, 1, 8) and aapl[1]["as_of"] == dt.date(2025, 1, 3)
+    assert aapl[0]["created_at"].tzinfo is UTC
+    assert len(store.predictions()) == 3
+
+
+def test_latest_model_picks_latest_completed(store):
+    assert store.latest_model("AAPL") is None
+    t0 = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    paths = {}
+    for i, (status, has_model) in enumerate([("completed", True), ("completed", True),
+                                             ("failed", True), ("completed", False)]):
+        rid = f"run{i}"
+        store.start_run(rid, {}, ["AAPL"])
+        paths[rid] = store.results_dir / "models" / "AAPL" / rid
+        store.record_symbol(rid, "AAPL", status, error="x" if status == "failed" else None,
+                            model_path=paths[rid] if has_model else None,
+                            finished_at=t0 + dt.timedelta(days=i))
+    store.record_symbol("run0", "MSFT", "completed", model_path="/elsewhere/MSFT/run0")
+    # run3 has no model, run2 failed: run1 is the latest usable
+    assert store.latest_model("AAPL") == paths["run1"]
+    assert store.latest_model("MSFT") == Path("/elsewhere/MSFT/run0")   # outside: kept absolute
+    assert store.latest_model("GOOG") is None
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
+def test_concurrent_writes_from_threads_all_land(tmp_path, shared):
+    main = ResultsStore(tmp_path)
+    rid = main.new_run_id()
+    symbols = ["AAPL", "MSFT", "GOOG", "NVDA"]
+    main.start_run(rid, {}, symbols)
+    barrier, errors = threading.Barrier(len(symbols)), []
+
+    def work(symbol):
+        s = main if shared else ResultsStore(tmp_path)
+        try:
+            barrier.wait()
+            for e in range(25):          # one transaction per epoch, like a live logger
+                s.record_epochs(rid, symbol, [{"epoch": e, "val_loss": e / 10}])
+                s.symbol_runs(rid)        # interleaved reads
+            s.record_evaluation(rid, symbol, evaluate_forecasts(
+                np.ones((3, 1)), np.ones((3, 1)), [1], np.zeros((2, 1))))
+            s.record_symbol(rid, symbol, "completed", epochs=25)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+        finally:
+            if not shared:
+                s.close()
+
+    threads = [threading.Thread(target=work, args=(sym,)) for sym in symbols]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [r["symbol"] for r in main.symbol_runs(rid)] == sorted(symbols)
+    for sym in symbols:
+        assert [r["val_loss"] for r in main.epoch_metrics(rid, sym)] == [e / 10 for e in range(25)]
+        assert main.evaluations(rid, sym)[0]["skill_zero"] == 1.0
+    main.close()
+
+
+def test_schema_compiles_for_postgresql():
+    for table in store_mod._meta.sorted_tables:
+        ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
+        assert "TIMESTAMP WITH TIME ZONE" in ddl or table.name in ("epoch_metrics", "evaluations")
+
+
+# ---------------------------------------------------------------- model files
+
+METADATA = {
+    "config": {"model": {"d_model": 64}}, "features": ["ret_1", "rsi_14"],
+    "scaler": {"mean": [0.1, 0.2], "std": [1.0, 2.0]}, "horizons": [1, 5, 10, 30],
+    "seq_len": 60, "splits": {"train": [dt.date(2020, 1, 2), dt.date(2022, 6, 30)]},
+    "fingerprint": "abc", "metrics": {"skill": np.float64(0.125)},
+}
+METADATA_AS_JSON = {**METADATA, "splits": {"train": ["2020-01-02", "2022-06-30"]},
+                    "metrics": {"skill": 0.125}}
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    state = _state(0)
+    path = save_model(tmp_path, "brk-b", "run1", state, {**METADATA, "versions": package_versions()})
+    assert path == tmp_path / "models" / "BRK-B" / "run1"       # canonical upper case
+    assert sorted(os.listdir(path)) == [METADATA_FILE, WEIGHTS_FILE]
+    assert os.listdir(path.parent) == ["run1"]                  # no temp dir left
+    loaded, meta = load_model(path)
+    assert loaded.keys() == state.keys()
+    for k, v in state.items():
+        assert loaded[k].dtype == v.dtype and loaded[k].shape == v.shape
+        assert torch.equal(loaded[k].reshape(-1).view(torch.uint8),
+                           v.contiguous().reshape(-1).view(torch.uint8)), k
+    versions = meta.pop("versions")
+    assert meta == METADATA_AS_JSON
+    assert versions["torch"] == torch.__version__
+    assert versions["numpy"] == np.__version__ and versions["python"].count(".") == 2
+
+
+def test_existing_model_is_never_replaced(tmp_path):
+    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
+    with pytest.raises(FileExistsError, match="AAPL: model .*run1 already exists"):
+        save_model(tmp_path, "AAPL", "run1", _state(1), METADATA)
+    assert torch.equal(load_model(path)[0]["layers.0.A_log"], _state(0)["layers.0.A_log"])
+
+
+@pytest.mark.parametrize("crash_at", ["rename", "metadata", "weights"])
+def test_crash_mid_save_leaves_no_model_and_previous_readable(tmp_path, monkeypatch, crash_at):
+    previous = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
+
+    def boom(*args, **kwargs):
+        raise OSError("simulated crash")
+
+    if crash_at == "rename":
+        monkeypatch.setattr(store_mod.os, "rename", boom)
+    elif crash_at == "weights":
+        monkeypatch.setattr(store_mod, "save_file", boom)
+    else:
+        monkeypatch.setattr(store_mod.os, "fsync", boom)   # after weights, while writing metadata
+    with pytest.raises(OSError, match="simulated crash"):
+        save_model(tmp_path, "AAPL", "run2", _state(1), METADATA)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "models" / "AAPL")) == ["run1"]   # no run2, no temp dir
+    state, meta = load_model(previous)
+    assert torch.equal(state["layers.0.D"], _state(0)["layers.0.D"]) and meta == METADATA_AS_JSON
+
+
+def test_stale_temp_dir_of_a_killed_save_is_swept(tmp_path):
+    stale = tmp_path / "models" / "AAPL" / ".run2.deadbeef.tmp"
+    stale.mkdir(parents=True)
+    (stale / WEIGHTS_FILE).write_bytes(b"half a file")
+    save_model(tmp_path, "AAPL", "run2", _state(0), METADATA)
+    assert os.listdir(tmp_path / "models" / "AAPL") == ["run2"]
+
+
+def test_unserialisable_metadata_fails_before_touching_disk(tmp_path):
+    with pytest.raises(TypeError, match="object is not JSON"):
+        save_model(tmp_path, "AAPL", "run1", _state(0), {"bad": object()})
+    with pytest.raises(ValueError, match="invalid symbol '../../x'"):
+        save_model(tmp_path, "../../x", "run1", _state(0), METADATA)
+    with pytest.raises(ValueError, match="invalid symbol '..'"):
+        save_model(tmp_path, "..", "run1", _state(0), METADATA)
+    with pytest.raises(ValueError, match="bad run id"):
+        save_model(tmp_path, "AAPL", "../run1", _state(0), METADATA)
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("zipfile", [True, False], ids=["torch.save-zip", "torch.save-legacy"])
+def test_load_refuses_a_pickle(tmp_path, monkeypatch, zipfile):
+    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
+    torch.save(_state(0), path / WEIGHTS_FILE, _use_new_zipfile_serialization=zipfile)
+    # loading must not even try to unpickle
+    monkeypatch.setattr("pickle.loads", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
+    with pytest.raises(ValueError, match=r"weights\.safetensors is not a safetensors file"):
+        load_model(path)
+
+
+def test_load_refuses_missing_or_bad_metadata(tmp_path):
+    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
+    (path / METADATA_FILE).write_text("[1, 2]")
+    with pytest.raises(ModelFileError, match="expected a JSON object"):
+        load_model(path)
+    (path / METADATA_FILE).write_text("{not json")
+    with pytest.raises(ModelFileError, match="is not JSON"):
+        load_model(path)
+    (path / METADATA_FILE).unlink()
+    with pytest.raises(ValueError, match=r"metadata\.json is missing"):
+        load_model(path)
+    with pytest.raises(ValueError, match=r"weights\.safetensors is missing"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_json_text_of_metadata_is_standard(tmp_path):
+    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
+    text = (path / METADATA_FILE).read_text()
+    assert json.loads(text)["splits"]["train"][0] == "2020-01-02"
