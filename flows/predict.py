@@ -10,10 +10,6 @@ validation, is a per-symbol failure; the others are still forecast.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pytorch_lightning")
-
 import argparse
 import datetime as dt
 import math
@@ -23,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from configs.load import ConfigError, resolve_symbols
@@ -88,6 +85,10 @@ def predict_universe(symbols: list[str], source: str | None = None, results_dir:
         else:
             store.record_predictions(result)
             rows.extend(result)
+    if rows:
+        create_table_artifact(
+            key="forecasts", description=f"forecasts from the latest models in {store.url}",
+            table=[{k: str(v) if isinstance(v, dt.date) else v for k, v in r.items()} for r in rows])
     return {"predictions": rows, "failures": failures}
 
 

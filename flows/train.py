@@ -11,11 +11,6 @@ the parent). A symbol that fails is recorded with its reason; the others go on.
 
 from __future__ import annotations
 
-import os
-
-# Lightning's log lines go to the Prefect run logs (set before prefect loads).
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pytorch_lightning")
-
 import argparse
 import shutil
 import sys
@@ -24,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -63,11 +59,12 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
              bars["date"][-1], len(windows.train.x), len(windows.val.x), len(windows.test.x))
     workdir = results / "work" / symbol
     trained = steps.train_model(windows, config, symbol, workdir, resume)
-    evaluation, _pred = steps.evaluate_model(trained, config, windows, symbol)
+    evaluation, pred = steps.evaluate_model(trained, config, windows, symbol)
     fingerprint = steps.bars_fingerprint(bars)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     seconds = time.perf_counter() - t0
     model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
+    steps.publish_plots(symbol, model_dir, trained, windows, pred, evaluation)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
                     skill={r["horizon"]: r["skill_zero"] for r in evaluation}, seconds=seconds,
@@ -108,22 +105,31 @@ def train_universe(config: Config = Config(), resume: bool = False) -> list[dict
     ordered = [outcomes[s] for s in symbols]
     failed = sum(o["status"] != "completed" for o in ordered)
     store.finish_run(run_id, "completed" if not failed else "failed")
+    create_table_artifact(key="train-summary", table=summary_rows(ordered, config.windows.horizons),
+                          description=f"run {run_id}: {len(ordered) - failed} of {len(ordered)} symbols trained")
     return ordered
 
 
-def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
-    """Plain-text summary: one row per symbol; skill = 1 - MAE/MAE(random walk) on the test split."""
-    head = ["symbol", "status", "epochs", "best val", *[f"skill h{h}" for h in horizons], "seconds", "error"]
+def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[dict[str, str]]:
+    """One row per symbol; skill = 1 - MAE/MAE(random walk) on the test split."""
     rows = []
     for o in outcomes:
         skill = {int(k): v for k, v in o["skill"].items()}
-        rows.append([
-            o["symbol"], o["status"], "" if o["epochs"] is None else str(o["epochs"]),
-            "" if o["best_val_loss"] is None else f"{o['best_val_loss']:.3g}",
-            *[f"{skill[h]:+.3f}" if h in skill else "" for h in horizons],
-            "" if o["seconds"] is None else f"{o['seconds']:.1f}",
-            (o["error"] or "")[:120],
-        ])
+        rows.append({
+            "symbol": o["symbol"], "status": o["status"],
+            "epochs": "" if o["epochs"] is None else str(o["epochs"]),
+            "best val": "" if o["best_val_loss"] is None else f"{o['best_val_loss']:.3g}",
+            **{f"skill h{h}": f"{skill[h]:+.3f}" if h in skill else "" for h in horizons},
+            "seconds": "" if o["seconds"] is None else f"{o['seconds']:.1f}",
+            "error": (o["error"] or "")[:200],
+        })
+    return rows
+
+
+def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
+    dicts = summary_rows(outcomes, horizons)
+    head = list(dicts[0])
+    rows = [list(d.values()) for d in dicts]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [head, ["-" * w for w in widths], *rows])

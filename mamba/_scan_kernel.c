@@ -112,31 +112,39 @@ static void *run_task(void *p) {
     return NULL;
 }
 
-/* Returns 0, or 1 if a thread could not allocate its scratch. */
+/* Runs fn over `rows` split into nthreads contiguous ranges.  Built with
+ * -fopenmp it uses the OpenMP runtime already loaded by torch (same soname,
+ * so the same thread pool: no oversubscription against torch's own spinning
+ * workers); otherwise plain pthreads.  Returns 0, or 1 if a thread could not
+ * allocate its scratch. */
 static int parallel_rows(row_fn fn, void *arg, int64_t rows, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > rows) nthreads = (int)rows;
     if (nthreads > 64) nthreads = 64;
     task_t tasks[64];
-    pthread_t tid[64];
-    int started[64];
     for (int i = 0; i < nthreads; i++) {
         tasks[i].fn = fn;
         tasks[i].arg = arg;
         tasks[i].lo = rows * i / nthreads;
         tasks[i].hi = rows * (i + 1) / nthreads;
         tasks[i].err = 0;
-        started[i] = 0;
     }
+    int err = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int i = 0; i < nthreads; i++) run_task(&tasks[i]);
+#else
+    pthread_t tid[64];
+    int started[64];
     for (int i = 1; i < nthreads; i++)
         started[i] = pthread_create(&tid[i], NULL, run_task, &tasks[i]) == 0;
     run_task(&tasks[0]);
-    int err = tasks[0].err;
     for (int i = 1; i < nthreads; i++) {
         if (started[i]) pthread_join(tid[i], NULL);
         else run_task(&tasks[i]); /* could not start a thread: run it here */
-        err |= tasks[i].err;
     }
+#endif
+    for (int i = 0; i < nthreads; i++) err |= tasks[i].err;
     return err;
 }
 

@@ -39,12 +39,12 @@ Warm-up rows are null exactly where TA-Lib returns NaN. Zero-width cases
 range) are null, never ±inf or NaN (TA-Lib gives inf or NaN there).
 
 The EMA and Wilder recursions are ``ewm_mean(adjust=False)`` fed with null
-before the seed row, the seed (an SMA) at it, and the raw series after it, so
-the recursion starts where TA-Lib's does. The work runs in four
-``with_columns`` stages, so each recursion is computed once; a frame with a
-``symbol`` column (symbols stacked, each in date order) is computed per symbol
-with ``.over("symbol")``: one query for a whole universe is ~30x faster than
-one query per symbol (``benchmarks/bench_features.py``).
+before the seed row, the seed (the mean TA-Lib starts from) at it, and the raw
+series after it, so the recursion starts where TA-Lib's does. The work runs in
+four stages, so each recursion is computed once. A frame with a ``symbol``
+column (symbols stacked, each symbol's rows together and in date order) is
+computed per symbol in one query, about twice as fast as one query per symbol;
+``benchmarks/BENCH_FEATURES.md`` has the numbers against TA-Lib.
 """
 
 from __future__ import annotations
@@ -67,16 +67,12 @@ BARS_COLUMNS: tuple[str, ...] = ("date", "open", "high", "low", "close", "volume
 
 # ---------------------------------------------------------------- indicators
 
-def _seeded_ewm(x: pl.Expr, seed: pl.Expr, alpha: float) -> pl.Expr:
-    """e = seed at seed's first non-null row, then e = (1-alpha) e + alpha x; null before."""
-    start = pl.when(seed.shift(1).is_null()).then(seed).otherwise(x)
-    return start.ewm_mean(alpha=alpha, adjust=False)
-
-
-def _wilder(x: pl.Expr, n: int) -> pl.Expr:
-    # x is null at row 0 (it is a difference), so rolling_mean(n) first has a
-    # value at row n, the mean of rows 1..n: TA-Lib's seed for RSI and ATR.
-    return _seeded_ewm(x, x.rolling_mean(n), 1.0 / n)
+def _seeded_ewm(x: pl.Expr, row: int, n: int, alpha: float) -> pl.Expr:
+    """Null before ``row``; at ``row`` the mean of x over the n rows ending there;
+    then e = (1 - alpha) e + alpha x (TA-Lib's k = alpha)."""
+    i = pl.col("_i")
+    seed = x.slice(row - n + 1, n).mean()
+    return pl.when(i == row).then(seed).when(i > row).then(x).ewm_mean(alpha=alpha, adjust=False)
 
 
 def _ratio_or_null(num: pl.Expr, den: pl.Expr) -> pl.Expr:
@@ -89,23 +85,23 @@ def _stage1() -> dict[str, pl.Expr]:
     c, h, lo, v = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
     c1 = c.shift(1)
     d = c - c1
-    sma26 = c.rolling_mean(26)
-    true_range = pl.max_horizontal(h - lo, (h - c1).abs(), (lo - c1).abs())
+    ret = d / c1
+    # max(h - l, |h - c1|, |l - c1|) as one subtraction of the same two
+    # operands TA-Lib ends up using (high >= low in Bars).
+    true_range = pl.max_horizontal(h, c1) - pl.min_horizontal(lo, c1)
     return {
+        "_i": pl.int_range(pl.len()),
         "norm_price": c / c.first(),
         "_d": d,
-        "ret_1": d / c1,
+        "ret_1": ret,
         "log_ret_1": (c / c1).log(),
         **{f"sma_{n}": c.rolling_mean(n) for n in (5, 10, 20, 60)},
+        **{f"vol_{n}": ret.rolling_std(n, ddof=0) for n in (5, 20)},
         **{f"mom_{n}": c - c.shift(n) for n in (5, 20)},
         "roc_10": (c / c.shift(10) - 1.0) * 100.0,
         "_sd20": c.rolling_std(20, ddof=0),
         "_lo20": lo.rolling_min(20),
         "_hi20": h.rolling_max(20),
-        # MACD's fast EMA is seeded where the slow one is (row 25), with the
-        # mean of the 12 closes ending there.
-        "_seed12": pl.when(sma26.is_not_null()).then(c.rolling_mean(12)),
-        "_sma26": sma26,
         # sign(0) * v adds nothing on an unchanged close; row 0 adds v[0].
         "obv": (d.sign().fill_null(1.0) * v).cum_sum(),
         "_vdev": v - v.rolling_mean(20),
@@ -115,23 +111,23 @@ def _stage1() -> dict[str, pl.Expr]:
 
 
 def _stage2() -> dict[str, pl.Expr]:
-    """The recursions seeded from stage 1."""
+    """The recursions. RSI and ATR (Wilder) are seeded at row 14 with the mean
+    of rows 1..14 (their inputs are differences, null at row 0); MACD's fast
+    and slow EMAs both at row 25."""
     c, d = pl.col("close"), pl.col("_d")
-    up = pl.when(d > 0).then(d).when(d.is_not_null()).then(0.0)
-    down = pl.when(d < 0).then(-d).when(d.is_not_null()).then(0.0)
+    up, down = d.clip(lower_bound=0.0), (-d).clip(lower_bound=0.0)
     return {
-        **{f"ema_{n}": _seeded_ewm(c, pl.col(f"sma_{n}"), 2.0 / (n + 1)) for n in (5, 10, 20, 60)},
-        **{f"vol_{n}": pl.col("ret_1").rolling_std(n, ddof=0) for n in (5, 20)},
-        "_gain": _wilder(up, 14),
-        "_loss": _wilder(down, 14),
-        "_line": _seeded_ewm(c, pl.col("_seed12"), 2.0 / 13) - _seeded_ewm(c, pl.col("_sma26"), 2.0 / 27),
-        "atr_14": _wilder(pl.col("_tr"), 14),
+        **{f"ema_{n}": _seeded_ewm(c, n - 1, n, 2.0 / (n + 1)) for n in (5, 10, 20, 60)},
+        "_gain": _seeded_ewm(up, 14, 14, 1.0 / 14),
+        "_loss": _seeded_ewm(down, 14, 14, 1.0 / 14),
+        "_line": _seeded_ewm(c, 25, 12, 2.0 / 13) - _seeded_ewm(c, 25, 26, 2.0 / 27),
+        "atr_14": _seeded_ewm(pl.col("_tr"), 14, 14, 1.0 / 14),
     }
 
 
 def _stage3() -> dict[str, pl.Expr]:
-    line = pl.col("_line")  # first value at row 25, so its 9-mean seeds row 33
-    return {"macd_signal": _seeded_ewm(line, line.rolling_mean(9), 2.0 / 10)}
+    # the MACD line starts at row 25, so the signal's seed is mean(line[25..33])
+    return {"macd_signal": _seeded_ewm(pl.col("_line"), 33, 9, 2.0 / 10)}
 
 
 def _stage4() -> dict[str, pl.Expr]:
@@ -162,14 +158,43 @@ def _check_bars(bars: pl.DataFrame) -> None:
 def indicators(bars: pl.DataFrame) -> pl.DataFrame:
     """``date`` (after ``symbol``, if the frame has one) and the 25 ``INDICATOR_COLUMNS``."""
     _check_bars(bars)
-    by = "symbol" if "symbol" in bars.columns else None
+    if "symbol" in bars.columns:
+        return _indicators_by_symbol(bars)
     lf = bars.lazy()
-    for stage in (_stage1, _stage2, _stage3):
-        lf = lf.with_columns([(e.over(by) if by else e).alias(k) for k, e in stage().items()])
-    lf = lf.with_columns([e.alias(k) for k, e in _stage4().items()])
-    keys = [by, "date"] if by else ["date"]
+    for stage in (_stage1, _stage2, _stage3, _stage4):
+        lf = lf.with_columns([e.alias(k) for k, e in stage().items()])
     # Polars 2 defaults to the streaming engine, ~5x slower on these small frames.
-    return lf.select(*keys, *INDICATOR_COLUMNS).collect(engine="in-memory")
+    return lf.select("date", *INDICATOR_COLUMNS).collect(engine="in-memory")
+
+
+def _indicators_by_symbol(bars: pl.DataFrame) -> pl.DataFrame:
+    """Stacked symbols: each stage as one group_by-agg, exploded back in row order.
+
+    Cheaper than ``.over("symbol")`` on every expression (one grouping per
+    stage instead of one per column); needs each symbol's rows contiguous.
+    """
+    blocks = bars.select((pl.col("symbol") != pl.col("symbol").shift(1)).sum() + 1).item()
+    if bars.height and blocks != bars["symbol"].n_unique():
+        raise ValueError("stacked bars must keep each symbol's rows together, in date order; "
+                         "sort them by symbol then date")
+    frame = bars
+    for stage in (_stage1, _stage2, _stage3):
+        exprs = stage()
+        new = (
+            frame.lazy()
+            .group_by("symbol", maintain_order=True)
+            .agg([e.alias(k) for k, e in exprs.items()])
+            .drop("symbol")
+            .explode(list(exprs))
+            .collect(engine="in-memory")
+        )
+        frame = frame.hstack(new)
+    return (
+        frame.lazy()
+        .with_columns([e.alias(k) for k, e in _stage4().items()])
+        .select("symbol", "date", *INDICATOR_COLUMNS)
+        .collect(engine="in-memory")
+    )
 
 
 # ------------------------------------------------------------------ features
@@ -268,9 +293,10 @@ def build_features(bars: pl.DataFrame, cfg: FeatureConfig | None = None) -> pl.D
 
 def _check_finite(frame: pl.DataFrame, names: list[str]) -> None:
     bad = frame.select([(pl.col(n).is_null() | ~pl.col(n).is_finite()).alias(n) for n in names])
-    for n in names:
-        if bad[n].any():
-            raise ValueError(
-                f"feature {n} is null or not finite from {frame['date'][bad[n].arg_max()]}: the bars "
-                f"break the Bars contract (non-positive or missing prices?); run validate_bars on them"
-            )
+    first = {n: bad[n].arg_max() for n in names if bad[n].any()}
+    if first:
+        n = min(first, key=first.__getitem__)
+        raise ValueError(
+            f"feature {n} is null or not finite from {frame['date'][first[n]]}: the bars break the "
+            f"Bars contract (non-positive or missing prices?); run validate_bars on them"
+        )

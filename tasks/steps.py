@@ -23,12 +23,14 @@ import base64
 import datetime as dt
 import hashlib
 import io
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.serializers import Serializer
@@ -39,6 +41,7 @@ import tasks.sources as sources_mod
 from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
 from tasks.evaluate import evaluate_forecasts
 from tasks.features import build_features as _build_features
+from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markdown
 from tasks.sources import SourceError, bars_fingerprint, find_file, load_bars
 from tasks.store import ResultsStore, package_versions, save_model
 from tasks.train import TrainResult, load_forecaster, predict_windows
@@ -47,7 +50,7 @@ from tasks.validate import QualityReport, validate_bars as _validate_bars
 from tasks.windows import Windows, make_windows as _make_windows
 
 
-class ParquetSerializer(Serializer[pl.DataFrame]):
+class ParquetSerializer(Serializer):
     """Prefect result serializer for Polars frames: Parquet bytes, base64."""
 
     type: str = Field(default="polars-parquet", frozen=True)
@@ -120,7 +123,7 @@ def build_features(bars: pl.DataFrame, cfg: FeatureConfig, symbol: str) -> pl.Da
 
 @task(name="make_windows", task_run_name="windows-{symbol}", cache_policy=NO_CACHE)
 def make_windows(frame: pl.DataFrame, cfg: WindowConfig, symbol: str) -> Windows:
-    return _make_windows(frame, cfg=cfg)
+    return _make_windows(frame, cfg=cfg, symbol=symbol)
 
 
 @task(name="train_model", task_run_name="train-{symbol}", cache_policy=NO_CACHE)
@@ -183,3 +186,31 @@ def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult
         seconds=seconds, model_path=str(model_dir), data_fingerprint=metadata["data_fingerprint"],
     )
     return model_dir
+
+
+def artifact_key(prefix: str, symbol: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return f"{prefix}-" + re.sub(r"[^a-z0-9]+", "-", symbol.lower()).strip("-")
+
+
+@task(name="publish_plots", task_run_name="plots-{symbol}", cache_policy=NO_CACHE)
+def publish_plots(symbol: str, model_dir: Path, trained: TrainResult, windows: Windows, pred: np.ndarray,
+                  evaluation: list[dict]) -> list[Path]:
+    """Learning curve and test-split forecast-vs-actual PNGs into the model
+    directory, and the same as Prefect artifacts with the metrics table."""
+    curve = learning_curve_png(trained.epoch_metrics, model_dir / "learning_curve.png")
+    test = forecast_vs_actual_png(windows.test.end_dates, windows.test.y, pred, windows.horizons,
+                                  model_dir / "forecast_vs_actual.png", close=windows.test.close)
+    create_table_artifact(
+        key=artifact_key("metrics", symbol), table=_round_rows(evaluation),
+        description=f"{symbol}: test-split metrics per horizon; skill = 1 - MAE/MAE(naive)")
+    create_markdown_artifact(
+        key=artifact_key("plots", symbol),
+        markdown=png_to_markdown(curve, f"{symbol}: learning curve") + "\n\n"
+        + png_to_markdown(test, f"{symbol}: test split, forecast vs actual"),
+        description=f"{symbol}: learning curve and test-split forecasts")
+    return [curve, test]
+
+
+def _round_rows(rows: list[dict[str, Any]], digits: int = 5) -> list[dict[str, Any]]:
+    return [{k: round(v, digits) if isinstance(v, float) else v for k, v in r.items()} for r in rows]

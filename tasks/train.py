@@ -118,6 +118,17 @@ class BestWeights(Callback):
         self.restored_epochs = len(self.rows)
 
 
+class _AugmentEpoch(Callback):
+    """Restarts the augmentation stream from (seed, epoch), so a resumed run
+    replays the same augmented batches."""
+
+    def __init__(self, collate: AugmentCollate) -> None:
+        self.collate = collate
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.collate.set_epoch(trainer.current_epoch)
+
+
 def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, sampler: Sampler | None = None,
             collate: AugmentCollate | None = None) -> DataLoader:
     ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
@@ -155,7 +166,7 @@ def train_model(
     continues from it; otherwise the folder is cleared first.
     """
     workdir = Path(workdir)
-    last = workdir / "last.ckpt"
+    last = workdir / "checkpoints" / "last.ckpt"
     if not resume and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +180,7 @@ def train_model(
         module = build_module(len(windows.feature_names), list(windows.horizons), model, training)
 
     best = BestWeights(workdir / "best.safetensors")
+    collate = AugmentCollate(augment, training.seed) if augment.rate > 0 else None
     trainer = L.Trainer(
         max_epochs=training.epochs,
         accelerator=training.device,
@@ -177,20 +189,22 @@ def train_model(
         deterministic=True,
         gradient_clip_val=training.grad_clip or None,
         callbacks=[
-            ModelCheckpoint(dirpath=workdir, filename="best", monitor="val_loss", save_top_k=1, save_last=True),
+            ModelCheckpoint(dirpath=workdir / "checkpoints", filename="best", monitor="val_loss", save_top_k=1, save_last=True),
             EarlyStopping(monitor="val_loss", patience=training.patience, mode="min"),
             best,
+            *([_AugmentEpoch(collate)] if collate else []),
             *(callbacks or []),
         ],
         logger=CSVLogger(workdir, name="csv", version=0),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,
     )
     train_dl = _loader(
         windows.train.x, windows.train.y, training.batch_size,
         sampler=EpochSampler(len(windows.train.x), training.seed),
-        collate=AugmentCollate(augment, training.seed) if augment.rate > 0 else None,
+        collate=collate,
     )
     val_dl = _loader(windows.val.x, windows.val.y, max(training.batch_size, 256))
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)

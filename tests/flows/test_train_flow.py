@@ -50,7 +50,7 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
         assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
         assert sum(v.numel() for v in state.values()) == r["parameters"]
         # the work directory (checkpoints) is gone once the symbol completed
-        assert not (tmp_path / "work" / r["symbol"] / "last.ckpt").exists()
+        assert not (tmp_path / "work" / r["symbol"]).exists()
 
 
 def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
@@ -140,7 +140,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks.steps, "_train_model", crashing)
     first = train_universe(interrupted)[0]
     assert first["status"] == "failed" and "simulated crash" in first["error"]
-    assert (tmp_path / "resumed" / "work" / "AAA" / "last.ckpt").is_file()
+    assert (tmp_path / "resumed" / "work" / "AAA" / "checkpoints" / "last.ckpt").is_file()
     monkeypatch.setattr(tasks.steps, "_train_model", original)
 
     resumed = train_universe(interrupted, resume=True)[0]

@@ -1,0 +1,227 @@
+"""Sliding windows over a feature frame, split in time with an embargo.
+
+A window ending at row t (its last input bar) has inputs x = features[t-l+1 .. t]
+(never a row after t) and targets y_h = ln(close[t+h] / close[t]) for each
+horizon h (DESIGN.md, Targets). Shapes: x (n, l, f), y (n, h).
+
+Splits. The window ends that have every target, t in [l-1, N-1-H] (H the
+largest horizon), are cut into train | gap | val | gap | test, in time order.
+A gap skips H + l - 1 ends, so the first validation window ends H + l rows
+after the last training window t_a: its first input row, t_a + H + 1, comes
+after the last training target row, t_a + H. No training target overlaps a
+validation window's inputs or targets; the same holds between validation and
+test. ``val_frac`` and ``test_frac`` are shares of the windows left after the
+two gaps (each split gets at least one); ``stride`` keeps every stride-th end
+of each split, counted back from its last one, so the most recent window of
+each split is always kept.
+
+The scaler (per-feature mean and std, ddof 0) is fitted on the rows that the
+training windows' inputs cover, and nothing else; validation, test and the
+forecasting window (``latest_window``) reuse it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from configs.schema import WindowConfig
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """z = (x - mean) / std per feature; saved in the model's metadata.json."""
+
+    mean: np.ndarray  # (f,) float64
+    std: np.ndarray  # (f,) float64, > 0
+
+    @classmethod
+    def fit(cls, rows: np.ndarray) -> "Scaler":
+        """Fit on rows (r, f); a constant feature gets std 1, so it scales to 0."""
+        mean = rows.mean(axis=0)
+        std = rows.std(axis=0)
+        return cls(mean=mean, std=np.where(std > 0, std, 1.0))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """(..., f) -> (..., f) float32."""
+        if x.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"scaler has {self.mean.shape[0]} features, input has {x.shape[-1]}")
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> "Scaler":
+        mean = np.asarray(d["mean"], dtype=np.float64)
+        std = np.asarray(d["std"], dtype=np.float64)
+        if mean.ndim != 1 or mean.shape != std.shape:
+            raise ValueError(f"scaler mean and std must be lists of one length; got {mean.shape} and {std.shape}")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+            raise ValueError("scaler mean must be finite and std finite and > 0; the saved metadata is damaged")
+        return cls(mean=mean, std=std)
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # (n, l, f) float32, scaled inputs
+    y: np.ndarray  # (n, h) float32, ln(close[t+h] / close[t])
+    end_dates: np.ndarray  # (n,) datetime64[D], the date t of each window's last bar
+    close: np.ndarray  # (n,) float64, close at t: forecast price = close * exp(y)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass(frozen=True)
+class Windows:
+    train: Split
+    val: Split
+    test: Split
+    scaler: Scaler
+    feature_names: list[str]
+    horizons: tuple[int, ...]
+    seq_len: int
+
+
+def _check_horizons(horizons: Sequence[int]) -> tuple[int, ...]:
+    hs = tuple(sorted(int(h) for h in horizons))
+    if not hs or hs[0] < 1 or len(set(hs)) != len(hs):
+        raise ValueError(f"horizons {list(horizons)} must be distinct positive integers")
+    return hs
+
+
+def _split_sizes(m: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
+    """(train, val, test) window counts out of m windows (after the gaps)."""
+    n_val = max(1, math.floor(val_frac * m + 0.5))
+    n_test = max(1, math.floor(test_frac * m + 0.5))
+    return m - n_val - n_test, n_val, n_test
+
+
+def required_rows(seq_len: int, horizons: Sequence[int], val_frac: float, test_frac: float) -> int:
+    """Fewest feature rows for >= 1 window in each split (and for every longer frame too).
+
+    Add ``tasks.features.WARMUP_ROWS`` for the number of bars.
+    """
+    if seq_len < 1 or not (0 < val_frac < 0.5 and 0 < test_frac < 0.5):
+        raise ValueError(f"need seq_len >= 1 and 0 < val_frac, test_frac < 0.5; got {seq_len}, {val_frac}, {test_frac}")
+    horizon = max(_check_horizons(horizons))
+    overhead = 3 * seq_len + 3 * horizon - 3  # rows that hold no window end of their own
+    # n_train >= m (1 - val - test) - 2, so every m beyond `sure` has one;
+    # below it, find the smallest m after which no m fails.
+    sure = math.ceil(3 / (1 - val_frac - test_frac)) + 1
+    m_min = sure
+    for m in range(sure, 2, -1):
+        if _split_sizes(m, val_frac, test_frac)[0] < 1:
+            break
+        m_min = m
+    return m_min + overhead
+
+
+def _split_ends(n_rows: int, seq_len: int, horizon: int, val_frac: float, test_frac: float,
+                stride: int) -> list[np.ndarray]:
+    """Window end rows of train, val and test."""
+    gap = horizon + seq_len - 1
+    m = n_rows - seq_len - horizon + 1 - 2 * gap
+    sizes = _split_sizes(m, val_frac, test_frac)
+    out, first = [], seq_len - 1
+    for size in sizes:
+        last = first + size - 1
+        out.append(np.arange(last, first - 1, -stride)[::-1])
+        first = last + gap + 1
+    return out
+
+
+def _feature_matrix(frame: pl.DataFrame, names: Sequence[str]) -> np.ndarray:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ValueError(f"feature frame lacks {missing}; it has {frame.columns}. "
+                         f"Build it with the same feature config as the saved model")
+    feats = frame.select(names).to_numpy().astype(np.float64)  # (N, f)
+    if not np.all(np.isfinite(feats)):
+        col = names[int(np.argmax(~np.all(np.isfinite(feats), axis=0)))]
+        raise ValueError(f"feature {col} has null or non-finite values; build the frame with build_features")
+    return feats
+
+
+def make_windows(
+    frame: pl.DataFrame,
+    seq_len: int = 60,
+    horizons: Sequence[int] = (1, 5, 10, 30),
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    stride: int = 1,
+    cfg: WindowConfig | None = None,
+    *,
+    symbol: str | None = None,
+) -> Windows:
+    """Train/val/test windows of ``frame`` (``date``, ``close``, features); ``cfg`` overrides the keywords.
+
+    ``symbol`` only names the frame in error messages.
+    """
+    if cfg is not None:
+        seq_len, horizons, val_frac, test_frac, stride = (
+            cfg.seq_len, cfg.horizons, cfg.val_frac, cfg.test_frac, cfg.stride)
+    hs = _check_horizons(horizons)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    who = f"{symbol}: " if symbol else ""
+    need = required_rows(seq_len, hs, val_frac, test_frac)
+    if frame.height < need:
+        raise ValueError(
+            f"{who}{frame.height} feature rows, need >= {need} for seq_len {seq_len}, horizons up to "
+            f"{hs[-1]}, val_frac {val_frac}, test_frac {test_frac} (one window per split, with an "
+            f"embargo of {hs[-1] + seq_len} rows between splits); use a longer history or a smaller "
+            f"seq_len or largest horizon"
+        )
+    for col in ("date", "close"):
+        if col not in frame.columns:
+            raise ValueError(f"{who}feature frame lacks {col!r}; build it with build_features")
+    names = [c for c in frame.columns if c not in ("date", "close")]
+    odd = [c for c in names if not frame[c].dtype.is_numeric()]
+    if odd or not names:
+        raise ValueError(f"{who}feature columns must be numeric and at least one; got {odd or 'none'} "
+                         f"(one symbol's build_features output per call)")
+    feats = _feature_matrix(frame, names)
+    close = frame["close"].to_numpy().astype(np.float64)  # (N,)
+    if not (np.all(np.isfinite(close)) and np.all(close > 0)):
+        raise ValueError(f"{who}close must be finite and > 0 to form log-return targets")
+    dates = frame["date"].to_numpy()  # (N,) datetime64[D]
+    if frame["date"].dtype != pl.Date or np.any(dates[1:] <= dates[:-1]):
+        raise ValueError(f"{who}feature frame dates must be pl.Date and strictly increasing")
+
+    ends = _split_ends(frame.height, seq_len, hs[-1], val_frac, test_frac, stride)
+    covered = np.zeros(frame.height, dtype=bool)
+    for t in ends[0]:
+        covered[t - seq_len + 1: t + 1] = True
+    scaler = Scaler.fit(feats[covered])
+    scaled = scaler.transform(feats)  # (N, f)
+    windows = np.lib.stride_tricks.sliding_window_view(scaled, seq_len, axis=0)  # (N-l+1, f, l)
+    h = np.asarray(hs)
+
+    def split(e: np.ndarray) -> Split:
+        x = np.ascontiguousarray(windows[e - seq_len + 1].transpose(0, 2, 1))  # (n, l, f)
+        y = np.log(close[e[:, None] + h] / close[e[:, None]]).astype(np.float32)  # (n, h)
+        return Split(x=x, y=y, end_dates=dates[e], close=close[e])
+
+    train, val, test = (split(e) for e in ends)
+    return Windows(train=train, val=val, test=test, scaler=scaler, feature_names=names,
+                   horizons=hs, seq_len=seq_len)
+
+
+def latest_window(frame: pl.DataFrame, feature_names: Sequence[str], scaler: Scaler,
+                  seq_len: int) -> tuple[np.ndarray, dt.date, float]:
+    """The last ``seq_len`` rows of a feature frame, scaled: (x (1, l, f), as-of date, close)."""
+    if len(feature_names) != scaler.mean.shape[0]:
+        raise ValueError(f"{len(feature_names)} feature names but the scaler has {scaler.mean.shape[0]}")
+    if frame.height < seq_len:
+        raise ValueError(f"{frame.height} feature rows, the model reads windows of {seq_len}; "
+                         f"use a longer history")
+    tail = frame.tail(seq_len)
+    x = scaler.transform(_feature_matrix(tail, feature_names))[None]  # (1, l, f)
+    return x, tail["date"][-1], float(tail["close"][-1])

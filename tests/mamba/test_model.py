@@ -1,0 +1,147 @@
+"""MambaForecaster: recurrent mode, causality, init, and agreement with mambapy."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba.model import MambaBlock, MambaForecaster, ResidualBlock, RMSNorm
+
+
+def small_model(dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    args = dict(n_features=5, horizons=(1, 5, 10), d_model=16, n_layers=3, d_state=8)
+    return MambaForecaster(**{**args, **kw}).to(dtype).eval()
+
+
+def randomise_(model, seed=1):
+    """Move D, A_log and biases off their init values so that every path matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model
+
+
+@pytest.mark.parametrize("l", [1, 3, 4, 23])  # shorter than, equal to and longer than d_conv
+def test_step_through_window_equals_forward(l):
+    model = randomise_(small_model())
+    x = torch.randn(3, l, 5, dtype=torch.float64)
+    want = model(x)  # (b, h)
+    state = None
+    for t in range(l):
+        got, state = model.step(x[:, t], state)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("split", [2, 4, 17])
+def test_forward_state_then_steps_equals_forward_on_longer_window(split):
+    model = randomise_(small_model())
+    x = torch.randn(2, 20, 5, dtype=torch.float64)
+    _, state = model(x[:, :split], return_state=True)
+    for t in range(split, 20):
+        got, state = model.step(x[:, t], state)
+    torch.testing.assert_close(got, model(x), rtol=0, atol=1e-10)
+
+
+def _per_step_hidden(model, x):
+    """The residual stream after all layers at every step (b, l, d)."""
+    u = model.embed(x)
+    for layer in model.layers:
+        u = layer(u)
+    return model.norm_f(u)
+
+
+@pytest.mark.parametrize("t", [0, 7, 19])
+def test_changing_input_at_t_changes_no_output_before_t(t):
+    model = randomise_(small_model())
+    x = torch.randn(2, 20, 5, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, t] += 1.0
+    a, b = _per_step_hidden(model, x), _per_step_hidden(model, x2)
+    assert torch.equal(a[:, :t], b[:, :t])
+    assert (a[:, t] - b[:, t]).abs().max() > 1e-3  # and it does change the output at t
+    # the same through autograd: d out_s / d x_t = 0 for s < t
+    xg = x.clone().requires_grad_()
+    out = _per_step_hidden(model, xg)
+    (grad,) = torch.autograd.grad(out[:, :t + 1].sum(), xg)
+    assert torch.equal(grad[:, t + 1:], torch.zeros_like(grad[:, t + 1:]))
+    assert grad[:, t].abs().max() > 0
+
+
+def test_init_follows_mamba_simple():
+    torch.manual_seed(0)
+    block = MambaBlock(d_model=40, d_state=16, d_conv=4, expand=2)
+    e = 80
+    assert block.dt_rank == math.ceil(40 / 16) == 3
+    assert torch.equal(block.A_log, torch.arange(1, 17, dtype=torch.float32).log().repeat(e, 1))
+    torch.testing.assert_close(-torch.exp(block.A_log), -torch.arange(1.0, 17.0).repeat(e, 1))
+    assert torch.equal(block.D, torch.ones(e))
+    dt = F.softplus(block.dt_proj.bias)  # Δ when the dt_proj input is 0
+    assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 1e-1 * (1 + 1e-5)
+    # log-uniform: the median of log dt sits near the middle of [log 1e-3, log 1e-1]
+    assert abs(dt.log().median().item() - math.log(1e-2)) < 0.8
+    assert block.dt_proj.weight.abs().max() <= 3**-0.5
+    assert block.conv1d.weight.shape == (e, 1, 4) and block.conv1d.padding == (3,)
+    assert block.in_proj.bias is None and block.out_proj.bias is None
+    assert block.x_proj.out_features == 3 + 2 * 16
+
+
+def test_out_proj_is_rescaled_by_depth():
+    model = MambaForecaster(3, [1], d_model=32, n_layers=4)
+    bound = 1 / math.sqrt(64) / math.sqrt(4)  # nn.Linear's U(±1/sqrt(fan_in)), / sqrt(n_layers)
+    for layer in model.layers:
+        w = layer.mixer.out_proj.weight
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+
+
+def test_parameter_count_matches_hand_count():
+    f, d, L, n, k, h = 25, 64, 4, 16, 4, 4
+    e, r = 2 * d, 4
+    block = d * 2 * e + e * k + e + e * (r + 2 * n) + r * e + e + e * n + e + e * d
+    want = (f * d + d) + L * (block + d) + d + (d * h + h)
+    assert sum(p.numel() for p in MambaForecaster(f, [1, 5, 10, 30]).parameters()) == want
+
+
+def test_rmsnorm_hand_computed():
+    norm = RMSNorm(2)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, 0.5]))
+    x = torch.tensor([[3.0, 4.0]])
+    rms = math.sqrt((9 + 16) / 2 + 1e-5)
+    torch.testing.assert_close(norm(x), torch.tensor([[2 * 3 / rms, 0.5 * 4 / rms]]))
+
+
+def test_float32_model_tracks_float64():
+    m64 = randomise_(small_model(torch.float64))
+    m32 = small_model(torch.float32)
+    m32.load_state_dict({k: v.float() for k, v in m64.state_dict().items()})
+    x = torch.randn(4, 60, 5, dtype=torch.float64)
+    torch.testing.assert_close(m32(x.float()).double(), m64(x), rtol=1e-4, atol=1e-5)
+
+
+def test_residual_block_matches_mambapy():
+    """Same weights in mambapy's ResidualBlock (an independent port of mamba_simple)."""
+    mp = pytest.importorskip("mambapy.mamba")
+    torch.manual_seed(0)
+    ours = ResidualBlock(24, d_state=8)
+    theirs = mp.ResidualBlock(mp.MambaConfig(d_model=24, n_layers=1, d_state=8))
+    randomise_(ours)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 33, 24)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
+    # and one recurrent step from an empty state
+    y_ours, _ = ours.step(x[:, 0], None)
+    y_theirs, _ = theirs.step(x[:, 0], (None, torch.zeros(2, 48, 3)))
+    torch.testing.assert_close(y_ours, y_theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_horizons_kept_and_input_checked():
+    model = MambaForecaster(5, [1, 5, 10, 30])
+    assert model.horizons == (1, 5, 10, 30)
+    assert model(torch.zeros(2, 7, 5)).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"f=5, got \(2, 7, 4\)"):
+        model(torch.zeros(2, 7, 4))
+    with pytest.raises(ValueError, match="horizons is empty"):
+        MambaForecaster(5, [])

@@ -1,0 +1,170 @@
+"""selective_scan (C kernel and PyTorch fallback) pinned to selective_scan_ref."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba import _kernel
+from mamba.scan import selective_scan, selective_scan_ref
+
+BACKENDS = ["kernel", "torch"]
+LENGTHS = [1, 2, 37, 60, 257]
+
+
+def _need(backend):
+    if backend == "kernel" and _kernel.load() is None:
+        pytest.skip(f"C kernel unavailable: {_kernel.load_error()}")
+
+
+def make_inputs(b, l, e, n, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, l, e, generator=g, dtype=dtype)
+    delta = F.softplus(torch.randn(b, l, e, generator=g, dtype=dtype) - 1.0)  # > 0, as the model's
+    A = -torch.exp(0.5 * torch.randn(e, n, generator=g, dtype=dtype))  # < 0
+    B = torch.randn(b, l, n, generator=g, dtype=dtype)
+    C = torch.randn(b, l, n, generator=g, dtype=dtype)
+    D = torch.randn(e, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (u, delta, A, B, C, D)]
+
+
+def outputs_and_grads(fn, xs, seed=1):
+    y, h = fn(*xs, return_last_state=True)
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=y.dtype)
+    gh = torch.randn(h.shape, generator=g, dtype=h.dtype)
+    grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), xs)
+    return [y, h, *grads]
+
+
+def assert_close_scaled(got, want, rel, name):
+    # tolerance relative to the tensor's scale: elementwise relative error is
+    # meaningless where a gradient entry happens to be ~0
+    scale = want.abs().max().item() or 1.0
+    err = (got - want).abs().max().item()
+    assert err <= rel * scale, f"{name}: max error {err:.3g} > {rel:g} * {scale:.3g}"
+
+
+NAMES = ["y", "h_last", "du", "ddelta", "dA", "dB", "dC", "dD"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("l", LENGTHS)
+def test_matches_reference_float64(backend, l):
+    _need(backend)
+    xs = make_inputs(2, l, 70, 16, torch.float64)  # e=70: one full and one partial channel block
+    got = outputs_and_grads(lambda *a, **k: selective_scan(*a, **k, backend=backend), xs)
+    want = outputs_and_grads(selective_scan_ref, xs)
+    for name, a, b in zip(NAMES, got, want):
+        assert_close_scaled(a, b, 1e-10, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("l", LENGTHS)
+def test_matches_reference_float32(backend, l):
+    _need(backend)
+    xs = make_inputs(2, l, 70, 16, torch.float32)
+    got = outputs_and_grads(lambda *a, **k: selective_scan(*a, **k, backend=backend), xs)
+    want = outputs_and_grads(selective_scan_ref, xs)
+    for name, a, b in zip(NAMES, got, want):
+        assert a.dtype == torch.float32
+        assert_close_scaled(a, b, 1e-4, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hand_computed_two_steps(backend):
+    """b = e = n = 1, l = 2: h0 = δ0 u0 B0; h1 = exp(δ1 A) h0 + δ1 u1 B1; y = h C + D u."""
+    _need(backend)
+    u, delta, B, C = [0.5, -1.0], [0.2, 0.7], [1.5, -2.0], [0.3, 4.0]
+    A, D = -1.3, 0.25
+    h0 = delta[0] * u[0] * B[0]
+    h1 = math.exp(delta[1] * A) * h0 + delta[1] * u[1] * B[1]
+    want = [h0 * C[0] + D * u[0], h1 * C[1] + D * u[1]]
+    t = lambda v: torch.tensor(v, dtype=torch.float64).reshape(1, 2, 1)  # noqa: E731
+    y, h = selective_scan(t(u), t(delta), torch.tensor([[A]], dtype=torch.float64), t(B), t(C),
+                          torch.tensor([D], dtype=torch.float64), return_last_state=True, backend=backend)
+    assert y.flatten().tolist() == pytest.approx(want, rel=1e-14)
+    assert h.item() == pytest.approx(h1, rel=1e-14)
+
+
+def test_backends_agree_on_noncontiguous_inputs():
+    _need("kernel")
+    u, delta, A, B, C, D = make_inputs(3, 20, 40, 8, torch.float64)
+    # the model hands over transposed / sliced views: the kernel must copy, not misread
+    uT = u.detach().transpose(1, 2).contiguous().transpose(1, 2)
+    BC = torch.cat([B.detach(), C.detach()], dim=-1)
+    args = (uT, delta.detach(), A.detach().t().contiguous().t(), BC[..., :8], BC[..., 8:], D.detach())
+    assert not args[0].is_contiguous() and not args[3].is_contiguous()
+    want = selective_scan_ref(u, delta, A, B, C, D)
+    assert_close_scaled(selective_scan(*args, backend="kernel"), want, 1e-12, "y")
+
+
+def test_kernel_is_bitwise_independent_of_thread_count():
+    _need("kernel")
+    xs = make_inputs(8, 50, 128, 16, torch.float32)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(outputs_and_grads(lambda *a, **k: selective_scan(*a, **k, backend="kernel"), xs))
+    finally:
+        torch.set_num_threads(before)
+    for name, a, b in zip(NAMES, *results):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_float32_window_stays_accurate(backend):
+    """No log-space or chunked closed form: float32 error does not grow into overflow."""
+    _need(backend)
+    xs = make_inputs(1, 2000, 16, 16, torch.float64, seed=3)
+    want = selective_scan_ref(*xs)
+    got = selective_scan(*[x.detach().float() for x in xs], backend=backend)
+    assert torch.isfinite(got).all()
+    assert_close_scaled(got.double(), want, 1e-5, "y")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_decay_underflows_to_zero_like_exp(backend):
+    """exp(Δ A) far below the smallest normal float: the kernel's exp returns 0 as exp does."""
+    _need(backend)
+    u, delta, A, B, C, D = [x.detach() for x in make_inputs(2, 5, 16, 4, torch.float32)]
+    delta = torch.full_like(delta, 50.0)  # Δ A = -500, far past float32 exp underflow (-104)
+    A = torch.full_like(A, -10.0)
+    want = selective_scan_ref(u, delta, A, B, C, D)
+    assert torch.equal(torch.exp(delta[..., None] * A), torch.zeros(2, 5, 16, 4))
+    assert_close_scaled(selective_scan(u, delta, A, B, C, D, backend=backend), want, 1e-6, "y")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_input_propagates(backend):
+    _need(backend)
+    u, delta, A, B, C, D = [x.detach() for x in make_inputs(1, 6, 16, 4, torch.float32)]
+    u[0, 2, 3] = float("nan")
+    y = selective_scan(u, delta, A, B, C, D, backend=backend)
+    assert torch.isnan(y[0, 2:, 3]).all()  # the channel's state is NaN from t = 2 on
+    assert not torch.isnan(y[0, :2]).any() and not torch.isnan(y[0, :, :3]).any()
+
+
+def test_kernel_saves_no_state_sized_activation():
+    """The backward recomputes the states: nothing of size b·l·e·n is kept for it."""
+    _need("kernel")
+    b, l, e, n = 4, 30, 32, 16
+    xs = make_inputs(b, l, e, n, torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        selective_scan(*xs, backend="kernel").sum().backward()
+    assert sum(saved) <= 2 * b * l * e + 2 * b * l * n + e * n + e  # the inputs only
+    assert max(saved) < b * l * e * n
+
+
+def test_rejects_bad_shapes_and_mixed_dtypes():
+    u, delta, A, B, C, D = [x.detach() for x in make_inputs(2, 5, 8, 4, torch.float32)]
+    with pytest.raises(ValueError, match=r"B must be \(2, 5, 4\)"):
+        selective_scan(u, delta, A, B[:, :3], C, D)
+    with pytest.raises(ValueError, match="one dtype"):
+        selective_scan(u, delta, A.double(), B, C, D)
+    with pytest.raises(ValueError, match="not one of"):
+        selective_scan(u, delta, A, B, C, D, backend="cuda")
