@@ -30,9 +30,7 @@ class DataConfig(_Section):
     )
     start: dt.date | None = None
     end: dt.date | None = None
-    cache_dir: str | None = Field(
-        None, description="yfinance Parquet cache; default RESULTS/cache"
-    )
+    seed: int = Field(0, description="seed of the synthetic market (source: synthetic)")
 
     @field_validator("source")
     @classmethod

@@ -54,7 +54,7 @@ def forecast_symbol(symbol: str, store: ResultsStore, source: str | None) -> lis
     state, meta = load_model(model_dir)
     data = DataConfig(**(meta["config"]["data"] | ({"source": source} if source else {}) | {"end": None}))
     bars = steps.fetch_bars.with_options(result_storage=store.results_dir / "prefect")(
-        symbol, data, store.results_dir / "cache" / "yfinance", seed=meta["config"]["training"]["seed"])
+        symbol, data, store.results_dir / "cache" / "yfinance")
     validate_bars(bars, symbol, WARMUP_ROWS + meta["seq_len"])
     frame = build_features(bars, FeatureConfig(**meta["config"]["features"]))
     x, as_of, close = latest_window(frame, meta["feature_names"], Scaler.from_dict(meta["scaler"]), meta["seq_len"])

@@ -50,8 +50,7 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     w = config.windows
     min_rows = required_rows(w.seq_len, w.horizons, w.val_frac, w.test_frac) + WARMUP_ROWS
 
-    bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results / "cache" / "yfinance",
-                                                     seed=config.training.seed)
+    bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results / "cache" / "yfinance")
     report = steps.validate_bars(bars, symbol, min_rows)
     frame = steps.build_features.with_options(**cached)(bars, config.features, symbol)
     windows = steps.make_windows(frame, w, symbol)

@@ -1,4 +1,4 @@
-"""Build and load the fused C selective scan (`_scan_kernel.c`) through ctypes.
+"""Build and load the fused C kernels (`_scan_kernel.c`) through ctypes.
 
 The kernel is plain C (no Python or torch headers), so building it takes about
 a second with the system compiler; the shared library is cached under
@@ -20,17 +20,34 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch
+
 _SOURCE = Path(__file__).with_name("_scan_kernel.c")
-_FLAG_SETS = (
-    ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd"],
-    ["-O3", "-fno-math-errno"],  # compilers without -march=native / OpenMP SIMD
-)
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
 _tried = False
 
 
+def _torch_uses_gomp() -> bool:
+    """True when torch parallelises with GNU OpenMP and its libgomp is loaded:
+    a kernel built with -fopenmp then binds to that same runtime (same
+    soname) and shares torch's worker threads instead of competing with them."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            return any("libgomp" in line for line in fh)
+    except OSError:
+        return False
+
+
+def _flag_sets() -> list[list[str]]:
+    native = ["-O3", "-march=native", "-fno-math-errno"]
+    sets = [native + ["-fopenmp"]] if _torch_uses_gomp() else []
+    sets.append(native + ["-fopenmp-simd", "-pthread"])
+    sets.append(["-O3", "-fno-math-errno", "-pthread"])  # compilers without -march=native
+    return sets
 def _cache_dir() -> Path:
     root = os.environ.get("MAMBAFLOW_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mambaflow"
@@ -54,7 +71,7 @@ def _build(cc: str, flags: list[str], out: Path) -> str | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cc, *flags, "-fPIC", "-shared", "-pthread", "-o", tmp, str(_SOURCE), "-lm"]
+    cmd = [cc, *flags, "-fPIC", "-shared", "-o", tmp, str(_SOURCE), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         os.unlink(tmp)
@@ -65,13 +82,17 @@ def _build(cc: str, flags: list[str], out: Path) -> str | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for sfx in ("f32", "f64"):
-        fwd = getattr(lib, f"scan_fwd_{sfx}")
-        fwd.argtypes = [p] * 8 + [i64] * 4 + [i32]
-        fwd.restype = i32
-        bwd = getattr(lib, f"scan_bwd_{sfx}")
-        bwd.argtypes = [p] * 14 + [i64] * 4 + [i32]
-        bwd.restype = i32
+    signatures = {  # must match the C prototypes in _scan_kernel.c
+        "scan_fwd": [p] * 11 + [i64] * 4 + [i32] * 2,
+        "scan_bwd": [p] * 19 + [i64] * 4 + [i32] * 2,
+        "conv_fwd": [p, i64] + [p] * 3 + [i64] * 4 + [i32] * 2,
+        "conv_bwd": [p, i64] + [p] * 6 + [i64] * 4 + [i32] * 2,
+    }
+    for name, argtypes in signatures.items():
+        for sfx in ("f32", "f64"):
+            fn = getattr(lib, f"{name}_{sfx}")
+            fn.argtypes = argtypes
+            fn.restype = i32
 
 
 def _load() -> ctypes.CDLL | None:
@@ -81,7 +102,7 @@ def _load() -> ctypes.CDLL | None:
         _error = "no C compiler found (set CC, or install gcc/clang)"
         return None
     errors = []
-    for flags in _FLAG_SETS:
+    for flags in _flag_sets():
         key = hashlib.sha256(
             _SOURCE.read_bytes() + repr((cc, flags, _cpu_signature())).encode()
         ).hexdigest()[:16]
@@ -115,3 +136,15 @@ def load() -> ctypes.CDLL | None:
 def load_error() -> str | None:
     """Why `load()` returned None (None when it did not)."""
     return _error
+
+
+def ptrs(*tensors):
+    """ctypes arguments for the kernel: data pointers, NULL for None."""
+    return [None if t is None else ctypes.c_void_p(t.data_ptr()) for t in tensors]
+
+
+def threads(work: int) -> int:
+    """Threads for a call over `work` elements. Starting threads outweighs tiny
+    calls such as one recurrent step; rows are independent and each is done by
+    one thread, so results do not depend on this number."""
+    return 1 if work < 1 << 15 else torch.get_num_threads()

@@ -14,12 +14,16 @@ The block (Gu & Dao 2023, Sec. 3.4, Fig. 3; Algorithm 2 for the SSM):
     y    = selective_scan(x, Δ, A = -exp(A_log), B, C, D)  (eq. 2a-2b, ZOH on A)
     out  = out_proj(y * SiLU(z))
 
+As in mamba_simple, dt_proj's bias, the softplus and the SiLU(z) gate run
+inside the scan kernel, and the conv and its SiLU run as one kernel (see
+scan.py and conv.py); both are pinned to plain PyTorch references by tests.
+
 Residual layer: pre-norm, `u + dropout(block(RMSNorm(u)))`.  RMSNorm rather
 than LayerNorm because it is what the reference uses (mamba_simple's Block
 with `rms_norm=True`, the default of MambaLMHeadModel and of the released
-checkpoints), so parameter counts and initialisation match the paper's model;
-it also drops LayerNorm's mean subtraction and bias, which the following
-in_proj (no bias) would not use, and costs one reduction instead of two.
+checkpoints), so the parameters and their initialisation match the paper's
+model; it is also cheaper, skipping LayerNorm's mean subtraction and bias
+(one reduction instead of two), with no loss reported for it in the paper.
 
 Recurrent mode: `MambaForecaster.step` carries, per layer, the last k conv
 inputs (b, e, k) and the SSM state h (b, e, n), so one new bar costs O(1) in
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mamba.conv import causal_conv1d
 from mamba.scan import selective_scan
 
 LayerState = tuple[torch.Tensor, torch.Tensor]  # conv window (b, e, k), SSM state (b, e, n)
@@ -86,27 +91,27 @@ class MambaBlock(nn.Module):
         self.D._no_weight_decay = True
 
     def _ssm_inputs(self, x):
-        """Δ, B, C from the conv output x (..., e): the selection mechanism."""
+        """Δ (before dt_proj's bias and softplus), B, C from the conv output x (..., e):
+        the selection mechanism (Algorithm 2, lines 3-5)."""
         x_dbl = self.x_proj(x)  # (..., r + 2n)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))  # (..., e)
-        return delta, B, C
+        return F.linear(dt, self.dt_proj.weight), B, C  # (..., e), (..., n), (..., n)
 
     def forward(self, u, return_state: bool = False):
         """u (b, l, d) -> (b, l, d); with `return_state`, also the LayerState after step l-1."""
-        l = u.shape[1]
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, e), (b, l, e)
-        xc = self.conv1d(x.transpose(1, 2))[..., :l]  # causal: keep outputs 0..l-1  (b, e, l)
-        xc = F.silu(xc.transpose(1, 2))  # (b, l, e)
+        xc = causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, silu=True)  # (b, l, e)
         delta, B, C = self._ssm_inputs(xc)  # (b, l, e), (b, l, n), (b, l, n)
         A = -torch.exp(self.A_log)  # (e, n)
-        ys = selective_scan(xc, delta, A, B, C, self.D, return_last_state=return_state)
+        # Δ = softplus(Δ + dt_proj.bias) and y * SiLU(z) run inside the scan, as in mamba_simple
+        ys = selective_scan(xc, delta, A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias,
+                            delta_softplus=True, return_last_state=return_state)
         y = ys[0] if return_state else ys  # (b, l, e)
-        out = self.out_proj(y * F.silu(z))  # (b, l, d)
+        out = self.out_proj(y)  # (b, l, d)
         if not return_state:
             return out
         k = self.d_conv
-        conv_state = F.pad(x.transpose(1, 2), (max(k - l, 0), 0))[..., -k:]  # (b, e, k)
+        conv_state = F.pad(x.transpose(1, 2), (max(k - u.shape[1], 0), 0))[..., -k:]  # (b, e, k)
         return out, (conv_state, ys[1])
 
     def step(self, u_t, state: LayerState | None = None):
@@ -120,6 +125,7 @@ class MambaBlock(nn.Module):
         xc = (conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias  # (b, e)
         xc = F.silu(xc)  # (b, e)
         delta, B, C = self._ssm_inputs(xc)  # (b, e), (b, n), (b, n)
+        delta = F.softplus(delta + self.dt_proj.bias)  # (b, e)
         A = -torch.exp(self.A_log)  # (e, n)
         h = torch.exp(delta.unsqueeze(-1) * A) * h + (delta * xc).unsqueeze(-1) * B.unsqueeze(1)  # (b, e, n)
         y = torch.einsum("ben,bn->be", h, C) + self.D * xc  # (b, e)

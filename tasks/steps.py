@@ -87,7 +87,7 @@ def fetch_key(context: TaskRunContext, params: dict[str, Any]) -> str:
     data: DataConfig = params["data"]
     symbol = params["symbol"]
     as_of = data.end or dt.date.today()
-    return "fetch-" + _digest(symbol, data.source, data.start, data.end, data.days, params.get("seed", 0),
+    return "fetch-" + _digest(symbol, data.source, data.start, data.end, data.days, data.seed,
                               as_of, _files_stamp(data.source, symbol), _source_hash(sources_mod))
 
 
@@ -105,9 +105,9 @@ def _retry_network_only(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="fetch_bars", task_run_name="fetch-{symbol}", cache_key_fn=fetch_key, persist_result=True,
       result_serializer=ParquetSerializer(), retries=3, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=_retry_network_only)
-def fetch_bars(symbol: str, data: DataConfig, cache_dir: Path, seed: int = 0) -> pl.DataFrame:
+def fetch_bars(symbol: str, data: DataConfig, cache_dir: Path) -> pl.DataFrame:
     return load_bars(symbol, data.source, start=data.start, end=data.end, days=data.days,
-                     cache_dir=cache_dir, seed=seed)
+                     cache_dir=cache_dir, seed=data.seed)
 
 
 @task(name="validate_bars", task_run_name="validate-{symbol}", cache_policy=NO_CACHE)
@@ -166,6 +166,7 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
             "best_epoch": trained.best_epoch,
             "epochs": trained.epochs,
             "resumed_from_epoch": trained.resumed_from_epoch,
+            "target_scale": trained.target_scale,
             "parameters": trained.parameters,
             "test": evaluation,
         },

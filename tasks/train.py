@@ -53,6 +53,7 @@ class TrainResult:
     best_epoch: int
     epochs: int  # epochs run in total (including any before a resume)
     parameters: int
+    target_scale: list[float] = field(default_factory=list)  # val losses are in these units
     epoch_metrics: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int | None = None
 
@@ -135,6 +136,18 @@ def _loader(x: np.ndarray, y: np.ndarray, batch_size: int, sampler: Sampler | No
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, num_workers=0)
 
 
+def target_scale(y: np.ndarray) -> np.ndarray:
+    """Per-horizon std of the training targets (1 where a horizon is constant)."""
+    std = y.std(axis=0).astype(np.float32)  # (h,)
+    return np.where(std > 0, std, np.float32(1.0))
+
+
+def unscale_head(state: dict[str, torch.Tensor], scale: np.ndarray) -> dict[str, torch.Tensor]:
+    """Weights of a model trained on y/scale that output y itself."""
+    s = torch.from_numpy(scale).to(state["head.weight"].dtype)  # (h,)
+    return state | {"head.weight": state["head.weight"] * s[:, None], "head.bias": state["head.bias"] * s}
+
+
 def build_module(n_features: int, horizons: list[int], model: ModelConfig, training: TrainingConfig) -> LitMambaForecaster:
     return LitMambaForecaster(
         n_features=n_features,
@@ -201,23 +214,28 @@ def train_model(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
+    # Horizons differ in scale (a 30-day return varies ~5x a 1-day one); train
+    # on targets divided by their training std so each horizon weighs alike in
+    # the loss, then fold the scale into the head (exact: the head is linear).
+    scale = target_scale(windows.train.y)  # (h,)
     train_dl = _loader(
-        windows.train.x, windows.train.y, training.batch_size,
+        windows.train.x, windows.train.y / scale, training.batch_size,
         sampler=EpochSampler(len(windows.train.x), training.seed),
         collate=collate,
     )
-    val_dl = _loader(windows.val.x, windows.val.y, max(training.batch_size, 256))
+    val_dl = _loader(windows.val.x, windows.val.y / scale, max(training.batch_size, 256))
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
 
     if best.best_epoch < 0:
         raise RuntimeError(f"training ran no validation epoch (epochs={training.epochs}); nothing to save")
-    state = load_file(str(best.path))
+    state = unscale_head(load_file(str(best.path)), scale)
     return TrainResult(
         state_dict=state,
         best_val_loss=best.best,
         best_epoch=best.best_epoch,
         epochs=trainer.current_epoch,
         parameters=sum(p.numel() for p in module.model.parameters()),
+        target_scale=[float(v) for v in scale],
         epoch_metrics=list(best.rows),
         resumed_from_epoch=best.restored_epochs if ckpt_path else None,
     )

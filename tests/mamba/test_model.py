@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mamba import _kernel
+from mamba.conv import causal_conv1d, causal_conv1d_ref
 from mamba.model import MambaBlock, MambaForecaster, ResidualBlock, RMSNorm
 
 
@@ -145,3 +147,24 @@ def test_horizons_kept_and_input_checked():
         model(torch.zeros(2, 7, 4))
     with pytest.raises(ValueError, match="horizons is empty"):
         MambaForecaster(5, [])
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("l", [1, 3, 50])
+@pytest.mark.parametrize("silu,with_bias", [(True, True), (False, False)])
+def test_causal_conv1d_matches_conv1d(backend, l, silu, with_bias):
+    """Outputs and gradients of the fused conv against nn.functional.conv1d, fed
+    a column slice of a wider tensor as in_proj's chunk is."""
+    if backend == "kernel" and _kernel.load() is None:
+        pytest.skip(f"C kernel unavailable: {_kernel.load_error()}")
+    g = torch.Generator().manual_seed(0)
+    xz = torch.randn(3, l, 140, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(70, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(70, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+    params = [xz, w] + ([bias] if with_bias else [])
+    gout = torch.randn(3, l, 70, generator=g, dtype=torch.float64)
+    got = causal_conv1d(xz[..., :70], w, bias, silu=silu, backend=backend)
+    want = causal_conv1d_ref(xz[..., :70], w, bias, silu=silu)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, params, gout), torch.autograd.grad(want, params, gout)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

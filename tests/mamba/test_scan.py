@@ -46,7 +46,23 @@ def assert_close_scaled(got, want, rel, name):
     assert err <= rel * scale, f"{name}: max error {err:.3g} > {rel:g} * {scale:.3g}"
 
 
-NAMES = ["y", "h_last", "du", "ddelta", "dA", "dB", "dC", "dD"]
+NAMES = ["y", "h_last", "du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"]
+
+
+def fused_inputs(b, l, e, n, dtype, seed=0):
+    """As the model calls it: raw Δ (any sign) + bias, softplus inside, SiLU(z) gate."""
+    u, delta, A, B, C, D = make_inputs(b, l, e, n, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    raw = (2.0 * torch.randn(b, l, e, generator=g, dtype=dtype)).requires_grad_()
+    raw.data[0, 0, :3] = torch.tensor([25.0, -30.0, 19.9])  # softplus' linear branch and deep tail
+    z = torch.randn(b, l, e, generator=g, dtype=dtype).requires_grad_()
+    bias = torch.randn(e, generator=g, dtype=dtype).requires_grad_()
+    return [u, raw, A, B, C, D, z, bias]
+
+
+def fused(fn):
+    return lambda u, d, A, B, C, D, z, bias, **k: fn(u, d, A, B, C, D, z=z, delta_bias=bias,
+                                                     delta_softplus=True, **k)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -70,6 +86,18 @@ def test_matches_reference_float32(backend, l):
     for name, a, b in zip(NAMES, got, want):
         assert a.dtype == torch.float32
         assert_close_scaled(a, b, 1e-4, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("l", [1, 37, 257])
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_fused_bias_softplus_gate_match_reference(backend, l, dtype, rel):
+    _need(backend)
+    xs = fused_inputs(2, l, 70, 16, dtype)
+    got = outputs_and_grads(fused(lambda *a, **k: selective_scan(*a, **k, backend=backend)), xs)
+    want = outputs_and_grads(fused(selective_scan_ref), xs)
+    for name, a, b in zip(NAMES, got, want):
+        assert_close_scaled(a, b, rel, name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -168,3 +196,27 @@ def test_rejects_bad_shapes_and_mixed_dtypes():
         selective_scan(u, delta, A.double(), B, C, D)
     with pytest.raises(ValueError, match="not one of"):
         selective_scan(u, delta, A, B, C, D, backend="cuda")
+
+
+def test_falls_back_with_one_warning_when_kernel_cannot_build(monkeypatch):
+    import mamba.scan as scan
+
+    monkeypatch.setattr(_kernel, "load", lambda: None)
+    monkeypatch.setattr(_kernel, "load_error", lambda: "no C compiler found")
+    monkeypatch.setattr(scan, "_warned", False)
+    xs = [x.detach() for x in make_inputs(2, 9, 8, 4, torch.float64)]
+    with pytest.warns(RuntimeWarning, match="no C compiler found"):
+        y = selective_scan(*xs)
+    assert_close_scaled(y, selective_scan_ref(*xs), 1e-12, "y")
+    with pytest.raises(RuntimeError, match="could not be built: no C compiler found"):
+        selective_scan(*xs, backend="kernel")
+
+
+def test_env_var_selects_the_pytorch_path(monkeypatch):
+    def must_not_load():
+        raise AssertionError("MAMBAFLOW_SCAN=torch must not touch the C kernel")
+
+    monkeypatch.setenv("MAMBAFLOW_SCAN", "torch")
+    monkeypatch.setattr(_kernel, "load", must_not_load)
+    xs = [x.detach() for x in make_inputs(1, 5, 8, 4, torch.float64)]
+    assert_close_scaled(selective_scan(*xs), selective_scan_ref(*xs), 1e-12, "y")

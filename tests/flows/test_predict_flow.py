@@ -1,0 +1,70 @@
+"""The predict flow: latest model per symbol, latest window, forecasts stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.predict import main, predict_universe, target_date
+from flows.train import train_universe
+from tasks.features import build_features
+from tasks.sources import load_bars
+from tasks.store import ResultsStore, load_model
+from tests.flows.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("predict")
+    out = train_universe(tiny_config(results, ["AAA"]))
+    assert out[0]["status"] == "completed", out[0]["error"]
+    return results
+
+
+def test_forecasts_every_horizon_from_the_latest_window(trained):
+    out = predict_universe(["AAA"], results_dir=str(trained))
+    assert out["failures"] == {}
+    rows = out["predictions"]
+    assert [r["horizon"] for r in rows] == [1, 5, 10, 30]
+
+    bars = load_bars("AAA", "synthetic", days=420)
+    last = bars.row(-1, named=True)
+    for r in rows:
+        assert r["as_of"] == last["date"]
+        assert r["last_close"] == pytest.approx(last["close"], rel=1e-12)
+        assert r["predicted_price"] == pytest.approx(last["close"] * math.exp(r["predicted_return"]), rel=1e-12)
+        assert np.busday_count(r["as_of"], r["target_date"]) == r["horizon"]
+
+    # the same numbers by hand: model from the files, window from the features
+    state, meta = load_model(ResultsStore(trained).latest_model("AAA"))
+    frame = build_features(bars).select(meta["feature_names"]).tail(meta["seq_len"]).to_numpy()
+    scaled = (frame - np.array(meta["scaler"]["mean"])) / np.array(meta["scaler"]["std"])
+    from tasks.train import load_forecaster
+    net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], meta["model"])
+    with torch.no_grad():
+        expect = net(torch.from_numpy(scaled[None].astype(np.float32)))[0].numpy()
+    np.testing.assert_allclose([r["predicted_return"] for r in rows], expect, rtol=1e-5, atol=1e-7)
+
+    stored = ResultsStore(trained).predictions("AAA")
+    assert sorted(p["horizon"] for p in stored) == [1, 5, 10, 30]
+
+
+def test_symbol_without_model_fails_alone_with_exit_1(trained, capsys):
+    code = main(["--symbols", "AAA,ZZZ", "--results", str(trained)])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "ZZZ: FAILED: ModelNotFoundError" in out and "python -m flows.train --symbols ZZZ" in out
+    assert "AAA" in out and "30d" in out
+    assert main(["--symbols", "AAA", "--results", str(trained)]) == 0
+    assert main(["--symbols", "AAA", "--source", "nowhere", "--results", str(trained)]) == 2
+
+
+def test_target_date_skips_weekends():
+    friday = dt.date(2024, 5, 3)
+    assert target_date(friday, 1) == dt.date(2024, 5, 6)
+    assert target_date(friday, 5) == dt.date(2024, 5, 10)

@@ -1,0 +1,242 @@
+"""The deployments against a real ``prefect server start`` on a free loopback port.
+
+One server for the module, in its own temporary ``PREFECT_HOME``; the
+deployments are served by ``python -m deployments.nightly`` as a child process
+(the one command the README gives), and the nightly deployment is run with a
+tiny config. Both processes are stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import StateType
+from prefect.server.schemas.schedules import CronSchedule
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.nightly import NIGHTLY_CRON, NIGHTLY_TIMEZONE
+from tasks.store import ResultsStore
+
+pytestmark = pytest.mark.server
+
+REPO = Path(__file__).resolve().parents[2]
+SYMBOLS = ["AAA", "BBB"]
+HORIZONS = [1, 5, 10, 30]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else "(no log)"
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        # a process group of its own, so that stopping it also stops its children
+        # (the server's uvicorn, the flow runs the serve process spawned)
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, sig: int, grace: float) -> None:
+    """``sig`` to the process group, then SIGKILL if it is still there after ``grace`` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    try:  # children left behind after the leader exited
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_until(check, timeout: float, what: str, log: Path, proc: subprocess.Popen, step: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: process exited with {proc.returncode}:\n{_tail(log)}")
+        result = check()
+        if result:
+            return result
+        time.sleep(step)
+    pytest.fail(f"{what}: not within {timeout:.0f} s:\n{_tail(log)}")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[dict]:
+    """A real server. Named like tests/flows/conftest.py's autouse harness on
+    purpose: in this module it replaces that in-process test server, which
+    these tests would not use (every call here goes to this server)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # no runs from the cron schedule itself: the test triggers its own
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    log = home / "server.log"
+    proc = _start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                   "--port", str(port)], env, log)
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    try:
+        _wait_until(healthy, 90, "prefect server start", log, proc)
+        yield {"url": url, "env": env, "home": home}
+    finally:
+        _stop(proc, signal.SIGTERM, 15)
+
+
+@pytest.fixture()
+def client(prefect_server) -> Iterator[SyncPrefectClient]:
+    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
+        with get_client(sync_client=True) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def served(prefect_server) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``python -m deployments.nightly`` with the environment pointing at the server."""
+    log = prefect_server["home"] / "serve.log"
+    proc = _start([sys.executable, "-m", "deployments.nightly"], prefect_server["env"], log)
+
+    def registered() -> bool:
+        with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
+            with get_client(sync_client=True) as c:
+                names = {f"{c.read_flow(d.flow_id).name}/{d.name}" for d in c.read_deployments()}
+        return {"nightly-retrain/nightly", "train-universe/on-demand", "predict-universe/on-demand"} <= names
+
+    try:
+        _wait_until(registered, 120, "python -m deployments.nightly", log, proc, step=1)
+        yield proc, log
+    finally:
+        _stop(proc, signal.SIGINT, 20)  # Ctrl-C, as a user stops it
+
+
+def _tiny_config(path: Path, results: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "data": {"source": "synthetic", "days": 420},
+        "windows": {"seq_len": 20, "horizons": HORIZONS},
+        "model": {"d_model": 8, "n_layers": 1, "d_state": 4},
+        "training": {"epochs": 3, "batch_size": 32, "patience": 5, "seed": 7},
+        "run": {"symbols": SYMBOLS, "parallel": 1, "results_dir": str(results)},
+    }))
+    return path
+
+
+def _artifact_key(symbol: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in symbol.lower())
+
+
+def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(served, client, tmp_path):
+    serve_proc, serve_log = served
+    deployment = client.read_deployment_by_name("nightly-retrain/nightly")
+    [schedule] = deployment.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (
+        "30 17 * * 1-5", "America/New_York", True)
+    # 17:30 New York time on weekdays, through the end of DST (2 Nov 2025):
+    # 21:30 UTC before, 22:30 after; Saturday and Sunday skipped
+    dates = asyncio.run(CronSchedule(cron=schedule.schedule.cron, timezone=schedule.schedule.timezone).get_dates(
+        n=4, start=dt.datetime(2025, 10, 30, 12, tzinfo=dt.timezone.utc)))
+    utc = dt.timezone.utc
+    assert list(dates) == [  # aware datetimes compare as instants
+        dt.datetime(2025, 10, 30, 21, 30, tzinfo=utc), dt.datetime(2025, 10, 31, 21, 30, tzinfo=utc),
+        dt.datetime(2025, 11, 3, 22, 30, tzinfo=utc), dt.datetime(2025, 11, 4, 22, 30, tzinfo=utc)]
+    for name in ("train-universe/on-demand", "predict-universe/on-demand"):
+        assert client.read_deployment_by_name(name).schedules == []
+
+    results = tmp_path / "results"
+    config = _tiny_config(tmp_path / "nightly.yaml", results)
+    # epochs from the run form beat the file's 3, as a UI "Custom run" would
+    run = client.create_flow_run_from_deployment(deployment.id, parameters={"config_path": str(config),
+                                                                            "epochs": 2})
+
+    def finished():
+        state = client.read_flow_run(run.id).state
+        return state if state is not None and state.is_final() else None
+
+    state = _wait_until(finished, 240, f"nightly flow run {run.id}", serve_log, serve_proc, step=1)
+    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}\n{_tail(serve_log)}"
+
+    store = ResultsStore(results)
+    runs = {r["symbol"]: r for r in store.symbol_runs()}
+    assert sorted(runs) == SYMBOLS
+    assert all(r["status"] == "completed" and r["epochs"] == 2 for r in runs.values())
+    predictions = store.predictions()
+    assert sorted((p["symbol"], p["horizon"]) for p in predictions) == [
+        (s, h) for s in SYMBOLS for h in HORIZONS]
+    for p in predictions:
+        assert p["model_run_id"] == runs[p["symbol"]]["run_id"]
+        assert p["predicted_price"] == pytest.approx(p["last_close"] * math.exp(p["predicted_return"]), rel=1e-9)
+
+    # train and predict ran as subflows of this nightly run, each once, all completed
+    flow_runs = client.read_flow_runs()
+    names = {fr.id: client.read_flow(fr.flow_id).name for fr in flow_runs}
+    assert sorted(names.values()) == sorted(
+        ["nightly-retrain", "train-universe", "predict-universe"] + ["train-symbol"] * len(SYMBOLS))
+    assert all(fr.state.type == StateType.COMPLETED for fr in flow_runs)
+
+    artifacts = {a.key: a for a in client.read_artifacts() if a.key}
+    expected = {"train-summary": "table", "forecasts": "table"}
+    for s in SYMBOLS:
+        expected |= {f"metrics-{_artifact_key(s)}": "table", f"plots-{_artifact_key(s)}": "markdown"}
+    assert {k: artifacts[k].type for k in expected if k in artifacts} == expected
+    assert {artifacts[k].flow_run_id for k in expected} <= set(names)
+
+    # Lightning's own log lines reach the run logs (PREFECT_LOGGING_EXTRA_LOGGERS)
+    lightning = [log for log in client.read_logs() if log.name.startswith(("pytorch_lightning", "lightning"))]
+    assert lightning, "no pytorch_lightning log lines in the run logs"
+    symbol_runs = {i for i, n in names.items() if n == "train-symbol"}
+    assert {log.flow_run_id for log in lightning} & symbol_runs
+
+
+def test_prefect_yaml_declares_the_same_deployments_on_a_process_pool(prefect_server, client):
+    env = prefect_server["env"]
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    for cmd in (["work-pool", "create", "mambaflow", "--type", "process"], ["deploy", "--all"]):
+        done = subprocess.run(prefect + cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"prefect {' '.join(cmd)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+    nightly = client.read_deployment_by_name("nightly-retrain/nightly")
+    [schedule] = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
+    for name, entrypoint in [("nightly-retrain/nightly", "deployments/nightly.py:nightly_retrain"),
+                             ("train-universe/on-demand", "flows/train.py:train_universe"),
+                             ("predict-universe/on-demand", "flows/predict.py:predict_universe")]:
+        d = client.read_deployment_by_name(name)
+        assert (d.entrypoint, d.work_pool_name) == (entrypoint, "mambaflow")
+        assert d.job_variables["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"] == "pytorch_lightning"
+        # the worker runs the flow in the directory `prefect deploy` ran in
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
+    assert client.read_work_pool("mambaflow").type == "process"
