@@ -79,6 +79,14 @@ def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None
 
     Fails (after storing everything that succeeded) if any symbol failed to
     train or forecast, so the UI shows the run as Failed with the reasons.
+
+    Args:
+        config_path: YAML config, relative to the working directory or the repository.
+        symbols: tickers or universe names (SAMPLE, TEST, TIER_1); empty: the config's.
+        source: sample | synthetic | yfinance | files:DIR; empty: the config's.
+        days: last N trading days of history; empty: the config's.
+        epochs: training epochs per symbol; empty: the config's.
+        results_dir: results directory (models, store.db); empty: the config's.
     """
     log = get_run_logger()
     path = resolve_config_path(config_path)

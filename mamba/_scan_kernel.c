@@ -1,7 +1,7 @@
 /*
- * Fused CPU selective scan (Mamba, Gu & Dao 2023, eq. 2a-2b with the ZOH
- * discretisation of Sec. 3.5 / Algorithm 2 as in state-spaces/mamba's
- * selective_scan_ref):
+ * Fused CPU selective scan (Mamba, Gu & Dao 2023, Algorithm 2: eq. 2a-2b
+ * discretised with the zero-order hold of eq. 4 for A and delta * B for B,
+ * as in state-spaces/mamba's selective_scan_ref):
  *
  *   delta_t = softplus(delta_t + delta_bias)       (both optional, as upstream)
  *   h_t = exp(delta_t * A) . h_{t-1} + (delta_t * u_t) B_t      h_{-1} = 0
@@ -18,9 +18,9 @@
  * Layout.  u, delta, z, y: (b, l, e); At = A transposed: (n, e); B, C:
  * (b, l, n); D, delta_bias: (e); last state: (b, e, n).  All C-contiguous,
  * one dtype (the conv's input may be a column slice, see conv_fwd).
- * Work is split over the batch: one batch row is scanned by exactly one
- * thread, in a fixed order, so results are bitwise identical for any thread
- * count.  Inside a row, channels are processed in blocks of up to EC with
+ * Work is split over the batch: each batch row is done by one thread (rows
+ * are handed out as threads come free) in a fixed order, so results are
+ * bitwise identical for any thread count.  Inside a row, channels are processed in blocks of up to EC with
  * the state kept as h[n][block] so that the innermost loop runs over channels
  * (contiguous in memory, vectorised) and y_t needs no horizontal sum.
  *
@@ -44,6 +44,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,55 +109,66 @@ static inline double exp_f64(double x) {
 
 /* ---- a minimal parallel-for over batch rows ---------------------------- */
 
-typedef void (*row_fn)(void *arg, int64_t lo, int64_t hi, int *err);
+typedef void (*row_fn)(void *arg, int64_t row, void *scratch);
 
 typedef struct {
     row_fn fn;
     void *arg;
-    int64_t lo, hi;
-    int err;
-} task_t;
+    int64_t rows;
+    size_t scratch_bytes;
+    atomic_llong next; /* next row to take */
+    atomic_llong done; /* rows finished */
+} pool_t;
 
-static void *run_task(void *p) {
-    task_t *t = (task_t *)p;
-    t->fn(t->arg, t->lo, t->hi, &t->err);
+/* Each worker allocates its scratch once, then takes rows one at a time from
+ * a shared counter: a worker that the OS descheduled (a busy laptop) does not
+ * hold the others up.  Which thread does a row never changes its result. */
+static void *worker(void *p) {
+    pool_t *pl = (pool_t *)p;
+    void *scratch = pl->scratch_bytes ? malloc(pl->scratch_bytes) : NULL;
+    if (pl->scratch_bytes && !scratch) return NULL; /* others take its rows */
+    for (;;) {
+        const int64_t r = atomic_fetch_add(&pl->next, 1);
+        if (r >= pl->rows) break;
+        pl->fn(pl->arg, r, scratch);
+        atomic_fetch_add(&pl->done, 1);
+    }
+    free(scratch);
     return NULL;
 }
 
-/* Runs fn over `rows` split into nthreads contiguous ranges.  Built with
- * -fopenmp it uses the OpenMP runtime already loaded by torch (same soname,
- * so the same thread pool: no oversubscription against torch's own spinning
- * workers); otherwise plain pthreads.  Returns 0, or 1 if a thread could not
- * allocate its scratch. */
-static int parallel_rows(row_fn fn, void *arg, int64_t rows, int nthreads) {
-    if (nthreads < 1) nthreads = 1;
+/* Runs fn on every row with up to nthreads threads.  Built with -fopenmp it
+ * uses the OpenMP runtime torch has loaded (same soname, so the same worker
+ * threads: no oversubscription against torch's own spinning workers);
+ * otherwise plain pthreads.  Returns 0, or 1 if rows were left undone because
+ * no thread could allocate its scratch. */
+static int parallel_rows(row_fn fn, void *arg, int64_t rows, size_t scratch_bytes, int nthreads) {
+    pool_t pl;
+    pl.fn = fn;
+    pl.arg = arg;
+    pl.rows = rows;
+    pl.scratch_bytes = scratch_bytes;
+    atomic_init(&pl.next, 0);
+    atomic_init(&pl.done, 0);
     if (nthreads > rows) nthreads = (int)rows;
     if (nthreads > 64) nthreads = 64;
-    task_t tasks[64];
-    for (int i = 0; i < nthreads; i++) {
-        tasks[i].fn = fn;
-        tasks[i].arg = arg;
-        tasks[i].lo = rows * i / nthreads;
-        tasks[i].hi = rows * (i + 1) / nthreads;
-        tasks[i].err = 0;
-    }
-    int err = 0;
+    if (nthreads <= 1) {
+        worker(&pl);
+    } else {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static, 1) num_threads(nthreads) if (nthreads > 1)
-    for (int i = 0; i < nthreads; i++) run_task(&tasks[i]);
+#pragma omp parallel num_threads(nthreads)
+        worker(&pl);
 #else
-    pthread_t tid[64];
-    int started[64];
-    for (int i = 1; i < nthreads; i++)
-        started[i] = pthread_create(&tid[i], NULL, run_task, &tasks[i]) == 0;
-    run_task(&tasks[0]);
-    for (int i = 1; i < nthreads; i++) {
-        if (started[i]) pthread_join(tid[i], NULL);
-        else run_task(&tasks[i]); /* could not start a thread: run it here */
-    }
+        pthread_t tid[64];
+        int started[64];
+        for (int i = 1; i < nthreads; i++)
+            started[i] = pthread_create(&tid[i], NULL, worker, &pl) == 0;
+        worker(&pl);
+        for (int i = 1; i < nthreads; i++)
+            if (started[i]) pthread_join(tid[i], NULL);
 #endif
-    for (int i = 0; i < nthreads; i++) err |= tasks[i].err;
-    return err;
+    }
+    return atomic_load(&pl.done) < rows;
 }
 
 #define SCAN_REAL float
@@ -197,7 +209,7 @@ static inline real SFX(sigmoid)(real x) { return 1 / (1 + EXP(-x)); }
 typedef struct {
     const real *u, *delta, *At, *B, *C, *D, *z, *dbias, *gout, *gh_last;
     real *out, *y_pre, *h_last, *gu, *gdelta, *gB, *gC, *gz, *gA_rows, *gD_rows, *gbias_rows;
-    int64_t L, E, N;
+    int64_t L, E, N, ecb;
     int softplus;
 } SFX(args);
 
@@ -218,14 +230,13 @@ static inline void SFX(load_dt)(const SFX(args) *a, int64_t row, int64_t e0, int
     }
 }
 
-static void SFX(fwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
+static void SFX(fwd_row)(void *p, int64_t b, void *scratch) {
     SFX(args) *a = (SFX(args) *)p;
     const int64_t L = a->L, E = a->E, N = a->N;
-    real *h = (real *)malloc(sizeof(real) * (size_t)(N * EC));
-    if (!h) { *err = 1; return; }
+    real *h = (real *)scratch; /* N * EC */
     real du[EC], dtv[EC];
     const real *restrict At = a->At, *restrict D = a->D;
-    for (int64_t b = lo; b < hi; b++) {
+    {
         for (int64_t e0 = 0; e0 < E; e0 += EC) {
             const int64_t ec = E - e0 < EC ? E - e0 : EC;
             memset(h, 0, sizeof(real) * (size_t)(N * EC));
@@ -264,23 +275,28 @@ static void SFX(fwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
                         a->h_last[(b * E + e0 + e) * N + n] = h[n * EC + e];
         }
     }
-    free(h);
 }
 
-static void SFX(bwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
-    SFX(args) *a = (SFX(args) *)p;
-    const int64_t L = a->L, E = a->E, N = a->N;
-    /* H[t + 1] = h_t for one channel block, H[0] = h_{-1} = 0 */
-    /* the widest block whose scratch (H and P) stays within a 1 MiB L2 */
+/* the widest channel block whose backward scratch stays within a 1 MiB L2 */
+static int64_t SFX(bwd_block)(int64_t L, int64_t N) {
     int64_t ecb = EC;
     while (ecb > 32 && 2 * (L + 1) * N * ecb * (int64_t)sizeof(real) > (1 << 20)) ecb /= 2;
-    real *H = (real *)malloc(sizeof(real) * (size_t)((L + 1) * N * ecb));
-    real *P = (real *)malloc(sizeof(real) * (size_t)(L * N * ecb)); /* exp(delta_t A) */
-    real *g = (real *)malloc(sizeof(real) * (size_t)(N * ecb));
-    if (!H || !g || !P) { free(H); free(g); free(P); *err = 1; return; }
+    return ecb;
+}
+
+static size_t SFX(bwd_scratch)(int64_t L, int64_t N, int64_t ecb) {
+    return sizeof(real) * (size_t)((2 * L + 2) * N * ecb);
+}
+
+static void SFX(bwd_row)(void *p, int64_t b, void *scratch) {
+    SFX(args) *a = (SFX(args) *)p;
+    const int64_t L = a->L, E = a->E, N = a->N, ecb = a->ecb;
+    real *H = (real *)scratch;       /* (L + 1) N ecb: H[t + 1] = h_t, H[0] = h_{-1} = 0 */
+    real *P = H + (L + 1) * N * ecb; /* L N ecb: exp(delta_t A) */
+    real *g = P + L * N * ecb;       /* N ecb */
     real du[EC], dtv[EC], gyv[EC], gsum[EC], gdA[EC];
     const real *restrict At = a->At, *restrict D = a->D;
-    for (int64_t b = lo; b < hi; b++) {
+    {
         real *gA = a->gA_rows + b * N * E; /* (n, e) for this row */
         real *gD = a->gD_rows + b * E;
         real *gbias = a->gbias_rows ? a->gbias_rows + b * E : NULL;
@@ -323,7 +339,7 @@ static void SFX(bwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
                 const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
                 real *restrict gBt = a->gB + (b * L + t) * N, *restrict gCt = a->gC + (b * L + t) * N;
                 SFX(load_dt)(a, row, e0, ec, dtv);
-                if (a->z) { /* out = y SiLU(z): dy = dout SiLU(z), dz = dout y SiLU'(z) */
+                if (a->z && a->gz) { /* out = y SiLU(z): dy = dout SiLU(z), dz = dout y SiLU'(z) */
                     const real *restrict zt = a->z + row, *restrict yp = a->y_pre + row;
                     real *restrict gzt = a->gz + row;
 #pragma omp simd
@@ -332,6 +348,10 @@ static void SFX(bwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
                         gyv[e] = got[e] * zt[e] * sg;
                         gzt[e] = got[e] * yp[e] * sg * (1 + zt[e] * (1 - sg));
                     }
+                } else if (a->z) { /* z needs no gradient */
+                    const real *restrict zt = a->z + row;
+#pragma omp simd
+                    for (int64_t e = 0; e < ec; e++) gyv[e] = got[e] * zt[e] * SFX(sigmoid)(zt[e]);
                 } else {
                     memcpy(gyv, got, sizeof(real) * (size_t)ec);
                 }
@@ -387,9 +407,6 @@ static void SFX(bwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
             }
         }
     }
-    free(H);
-    free(P);
-    free(g);
 }
 
 /* Sums per-row partials (rows, m) into out (m), in row order. */
@@ -409,11 +426,11 @@ int SFX(scan_fwd)(const real *u, const real *delta, const real *At, const real *
     a.u = u; a.delta = delta; a.At = At; a.B = B; a.C = C; a.D = D; a.z = z; a.dbias = delta_bias;
     a.out = out; a.y_pre = y_pre; a.h_last = h_last;
     a.L = L; a.E = E; a.N = N; a.softplus = softplus;
-    return parallel_rows(SFX(fwd_rows), &a, Bsz, nthreads);
+    return parallel_rows(SFX(fwd_row), &a, Bsz, sizeof(real) * (size_t)(N * EC), nthreads);
 }
 
 /* gB, gC must come in zeroed; gA (n, e), gD (e), gbias (e) are overwritten.
- * gout is dL/dout; gh_last, z (with y_pre, gz) and delta_bias (with gbias)
+ * gout is dL/dout; gh_last, z, gz (needs y_pre) and delta_bias (with gbias)
  * may be NULL. */
 int SFX(scan_bwd)(const real *u, const real *delta, const real *At, const real *B, const real *C,
                   const real *D, const real *z, const real *delta_bias, const real *y_pre,
@@ -430,7 +447,8 @@ int SFX(scan_bwd)(const real *u, const real *delta, const real *At, const real *
     a.gD_rows = (real *)calloc((size_t)(Bsz * E), sizeof(real));
     a.gbias_rows = delta_bias ? (real *)calloc((size_t)(Bsz * E), sizeof(real)) : NULL;
     int err = !a.gA_rows || !a.gD_rows || (delta_bias && !a.gbias_rows);
-    if (!err) err = parallel_rows(SFX(bwd_rows), &a, Bsz, nthreads);
+    a.ecb = SFX(bwd_block)(L, N);
+    if (!err) err = parallel_rows(SFX(bwd_row), &a, Bsz, SFX(bwd_scratch)(L, N, a.ecb), nthreads);
     if (!err) {
         SFX(sum_rows)(a.gA_rows, gA, Bsz, N * E);
         SFX(sum_rows)(a.gD_rows, gD, Bsz, E);
@@ -470,11 +488,10 @@ static inline void SFX(conv_pre)(const SFX(cargs) *a, int64_t b, int64_t t, int6
     }
 }
 
-static void SFX(conv_fwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
+static void SFX(conv_fwd_row)(void *p, int64_t b, void *scratch) {
     SFX(cargs) *a = (SFX(cargs) *)p;
     real acc[EC];
-    (void)err;
-    for (int64_t b = lo; b < hi; b++)
+    (void)scratch;
         for (int64_t t = 0; t < a->L; t++)
             for (int64_t e0 = 0; e0 < a->E; e0 += EC) {
                 const int64_t ec = a->E - e0 < EC ? a->E - e0 : EC;
@@ -489,11 +506,11 @@ static void SFX(conv_fwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
             }
 }
 
-static void SFX(conv_bwd_rows)(void *p, int64_t lo, int64_t hi, int *err) {
+static void SFX(conv_bwd_row)(void *p, int64_t b, void *scratch) {
     SFX(cargs) *a = (SFX(cargs) *)p;
     real acc[EC];
-    (void)err;
-    for (int64_t b = lo; b < hi; b++) {
+    (void)scratch;
+    {
         real *gw = a->gw_rows + b * a->K * a->E, *gb = a->gb_rows + b * a->E;
         for (int64_t t = 0; t < a->L; t++)
             for (int64_t e0 = 0; e0 < a->E; e0 += EC) {
@@ -536,7 +553,7 @@ int SFX(conv_fwd)(const real *x, int64_t ldx, const real *wT, const real *bias, 
     memset(&a, 0, sizeof(a));
     a.x = x; a.wT = wT; a.bias = bias; a.out = out;
     a.L = L; a.E = E; a.K = K; a.ldx = ldx; a.silu = silu;
-    return parallel_rows(SFX(conv_fwd_rows), &a, Bsz, nthreads);
+    return parallel_rows(SFX(conv_fwd_row), &a, Bsz, 0, nthreads);
 }
 
 /* gx (B, L, E) must come in zeroed; gwT (K, E) and gbias (E) are overwritten. */
@@ -550,7 +567,7 @@ int SFX(conv_bwd)(const real *x, int64_t ldx, const real *wT, const real *bias, 
     a.gw_rows = (real *)calloc((size_t)(Bsz * K * E), sizeof(real));
     a.gb_rows = (real *)calloc((size_t)(Bsz * E), sizeof(real));
     int err = !a.gw_rows || !a.gb_rows;
-    if (!err) err = parallel_rows(SFX(conv_bwd_rows), &a, Bsz, nthreads);
+    if (!err) err = parallel_rows(SFX(conv_bwd_row), &a, Bsz, 0, nthreads);
     if (!err) {
         SFX(sum_rows)(a.gw_rows, gwT, Bsz, K * E);
         SFX(sum_rows)(a.gb_rows, gbias, Bsz, E);

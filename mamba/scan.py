@@ -166,7 +166,7 @@ class _ScanKernel(torch.autograd.Function):
         gAt = torch.empty_like(At)  # (n, e)
         gB, gC = torch.zeros_like(B), torch.zeros_like(C)  # (b, l, n)
         gD = torch.empty_like(D)  # (e,)
-        gz = None if z is None else torch.empty_like(z)  # (b, l, e)
+        gz = None if y_pre is None else torch.empty_like(z)  # y_pre is kept iff z needs a gradient  (b, l, e)
         gbias = None if delta_bias is None else torch.empty_like(delta_bias)  # (e,)
         bwd = lib.scan_bwd_f32 if u.dtype == torch.float32 else lib.scan_bwd_f64
         args = _kernel.ptrs(u, delta, At, B, C, D, z, delta_bias, y_pre, gout, gh_last,

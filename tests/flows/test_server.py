@@ -21,11 +21,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
+                                            LogFilterFlowRunId)
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.server.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -144,23 +147,50 @@ def served(prefect_server) -> Iterator[tuple[subprocess.Popen, Path]]:
         _stop(proc, signal.SIGINT, 20)  # Ctrl-C, as a user stops it
 
 
-def _tiny_config(path: Path, results: Path) -> Path:
-    path.write_text(yaml.safe_dump({
+def _tiny(results: Path, symbols: list[str] = SYMBOLS, epochs: int = 3) -> dict:
+    """A config (as the YAML file or the form holds it) that trains in about a second a symbol."""
+    return {
         "data": {"source": "synthetic", "days": 420},
         "windows": {"seq_len": 20, "horizons": HORIZONS},
         "model": {"d_model": 8, "n_layers": 1, "d_state": 4},
-        "training": {"epochs": 3, "batch_size": 32, "patience": 5, "seed": 7},
-        "run": {"symbols": SYMBOLS, "parallel": 1, "results_dir": str(results)},
-    }))
+        "training": {"epochs": epochs, "batch_size": 32, "patience": 5, "seed": 7},
+        "run": {"symbols": symbols, "parallel": 1, "results_dir": str(results)},
+    }
+
+
+def _tiny_config(path: Path, results: Path) -> Path:
+    path.write_text(yaml.safe_dump(_tiny(results)))
     return path
 
 
-def _artifact_key(symbol: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in symbol.lower())
+def _run_tree(client: SyncPrefectClient, root: UUID) -> dict[UUID, tuple[str, FlowRun]]:
+    """The flow run ``root`` and every subflow run below it, by id: (flow name, flow run)."""
+    tree = {root: client.read_flow_run(root)}
+    frontier = [root]
+    while frontier:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)), limit=200)
+        frontier = [fr.id for fr in children if fr.id not in tree]
+        tree |= {fr.id: fr for fr in children}
+    return {i: (client.read_flow(fr.flow_id).name, fr) for i, fr in tree.items()}
+
+
+def _run_deployment(client: SyncPrefectClient, served: tuple[subprocess.Popen, Path], name: str,
+                    parameters: dict) -> tuple[State, dict[UUID, tuple[str, FlowRun]]]:
+    """Trigger deployment ``name`` as the UI's Custom run does; wait for the served process to finish it."""
+    proc, log = served
+    deployment = client.read_deployment_by_name(name)
+    run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+
+    def finished() -> State | None:
+        state = client.read_flow_run(run.id).state
+        return state if state is not None and state.is_final() else None
+
+    state = _wait_until(finished, 240, f"{name} flow run {run.id}", log, proc, step=1)
+    return state, _run_tree(client, run.id)
 
 
 def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(served, client, tmp_path):
-    serve_proc, serve_log = served
     deployment = client.read_deployment_by_name("nightly-retrain/nightly")
     [schedule] = deployment.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (
@@ -179,15 +209,9 @@ def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(serve
     results = tmp_path / "results"
     config = _tiny_config(tmp_path / "nightly.yaml", results)
     # epochs from the run form beat the file's 3, as a UI "Custom run" would
-    run = client.create_flow_run_from_deployment(deployment.id, parameters={"config_path": str(config),
-                                                                            "epochs": 2})
-
-    def finished():
-        state = client.read_flow_run(run.id).state
-        return state if state is not None and state.is_final() else None
-
-    state = _wait_until(finished, 240, f"nightly flow run {run.id}", serve_log, serve_proc, step=1)
-    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}\n{_tail(serve_log)}"
+    state, tree = _run_deployment(client, served, "nightly-retrain/nightly",
+                                  {"config_path": str(config), "epochs": 2})
+    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}\n{_tail(served[1])}"
 
     store = ResultsStore(results)
     runs = {r["symbol"]: r for r in store.symbol_runs()}
@@ -201,24 +225,57 @@ def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(serve
         assert p["predicted_price"] == pytest.approx(p["last_close"] * math.exp(p["predicted_return"]), rel=1e-9)
 
     # train and predict ran as subflows of this nightly run, each once, all completed
-    flow_runs = client.read_flow_runs()
-    names = {fr.id: client.read_flow(fr.flow_id).name for fr in flow_runs}
-    assert sorted(names.values()) == sorted(
+    assert sorted(name for name, _ in tree.values()) == sorted(
         ["nightly-retrain", "train-universe", "predict-universe"] + ["train-symbol"] * len(SYMBOLS))
-    assert all(fr.state.type == StateType.COMPLETED for fr in flow_runs)
+    assert all(fr.state.type == StateType.COMPLETED for _, fr in tree.values())
 
-    artifacts = {a.key: a for a in client.read_artifacts() if a.key}
-    expected = {"train-summary": "table", "forecasts": "table"}
-    for s in SYMBOLS:
-        expected |= {f"metrics-{_artifact_key(s)}": "table", f"plots-{_artifact_key(s)}": "markdown"}
+    artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.flow_run_id in tree}
+    expected = {"train-summary": "table", "forecasts": "table", "metrics-aaa": "table", "metrics-bbb": "table",
+                "plots-aaa": "markdown", "plots-bbb": "markdown"}
     assert {k: artifacts[k].type for k in expected if k in artifacts} == expected
-    assert {artifacts[k].flow_run_id for k in expected} <= set(names)
+    assert tree[artifacts["train-summary"].flow_run_id][0] == "train-universe"
+    assert tree[artifacts["forecasts"].flow_run_id][0] == "predict-universe"
 
-    # Lightning's own log lines reach the run logs (PREFECT_LOGGING_EXTRA_LOGGERS)
-    lightning = [log for log in client.read_logs() if log.name.startswith(("pytorch_lightning", "lightning"))]
-    assert lightning, "no pytorch_lightning log lines in the run logs"
-    symbol_runs = {i for i, n in names.items() if n == "train-symbol"}
-    assert {log.flow_run_id for log in lightning} & symbol_runs
+    # Lightning's own log lines reach the run logs of each symbol (PREFECT_LOGGING_EXTRA_LOGGERS)
+    for i, (name, fr) in tree.items():
+        if name == "train-symbol":
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[i])), limit=200)
+            assert any(log.name.startswith("pytorch_lightning") for log in logs), f"{fr.name}: no Lightning logs"
+
+
+def test_nightly_run_fails_naming_the_symbol_after_forecasting_the_others(served, client, tmp_path):
+    results = tmp_path / "results"
+    config = _tiny_config(tmp_path / "nightly.yaml", results)
+    state, tree = _run_deployment(client, served, "nightly-retrain/nightly",
+                                  {"config_path": str(config), "symbols": ["AAA", "../etc"], "epochs": 1})
+    assert state.type == StateType.FAILED
+    assert "NightlyError: 1 of 2 symbols failed: ../etc: train: " in state.message
+    # the good symbol was trained and forecast before the run failed
+    store = ResultsStore(results)
+    assert sorted((r["symbol"], r["status"]) for r in store.symbol_runs()) == [
+        ("../etc", "failed"), ("AAA", "completed")]
+    assert sorted(p["horizon"] for p in store.predictions("AAA")) == HORIZONS
+    assert {name: fr.state.type for name, fr in tree.values() if name == "predict-universe"} == {
+        "predict-universe": StateType.COMPLETED}
+
+
+def test_on_demand_deployments_train_and_predict_from_form_parameters(served, client, tmp_path):
+    results = tmp_path / "results"
+    # the Config parameter arrives as JSON, as the UI form sends it
+    state, _ = _run_deployment(client, served, "train-universe/on-demand",
+                               {"config": _tiny(results, ["CCC"], epochs=1)})
+    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}"
+    [trained] = ResultsStore(results).symbol_runs()
+    assert (trained["symbol"], trained["status"], trained["epochs"]) == ("CCC", "completed", 1)
+
+    state, tree = _run_deployment(client, served, "predict-universe/on-demand",
+                                  {"symbols": ["CCC"], "results_dir": str(results)})
+    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}"
+    forecasts = ResultsStore(results).predictions("CCC")
+    assert sorted(p["horizon"] for p in forecasts) == HORIZONS
+    assert {p["model_run_id"] for p in forecasts} == {trained["run_id"]}
+    [artifact] = [a for a in client.read_artifacts() if a.key == "forecasts" and a.flow_run_id in tree]
+    assert artifact.type == "table"
 
 
 def test_prefect_yaml_declares_the_same_deployments_on_a_process_pool(prefect_server, client):

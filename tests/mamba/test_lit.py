@@ -97,7 +97,8 @@ def test_loss_choice():
 
 
 def test_hparams_saved_for_checkpoints():
-    lit = LitMambaForecaster(**SMALL)
-    assert lit.hparams.horizons == HORIZONS and lit.hparams.d_model == 16 and lit.hparams.loss == "mse"
+    lit = LitMambaForecaster(**{**SMALL, "horizons": (1, 5)})
+    assert lit.hparams.horizons == [1, 5]  # a plain list, for YAML/JSON metadata
+    assert lit.hparams.d_model == 16 and lit.hparams.loss == "mse"
     restored = LitMambaForecaster(**lit.hparams)
     assert restored.model.horizons == (1, 5)

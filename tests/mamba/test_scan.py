@@ -220,3 +220,17 @@ def test_env_var_selects_the_pytorch_path(monkeypatch):
     monkeypatch.setattr(_kernel, "load", must_not_load)
     xs = [x.detach() for x in make_inputs(1, 5, 8, 4, torch.float64)]
     assert_close_scaled(selective_scan(*xs), selective_scan_ref(*xs), 1e-12, "y")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gate_without_gradient(backend):
+    """z that needs no gradient (a frozen branch): the others' gradients still match."""
+    _need(backend)
+    xs = fused_inputs(2, 11, 20, 4, torch.float64)
+    xs[6] = xs[6].detach()
+    gy = torch.randn(2, 11, 20, dtype=torch.float64)
+    params = xs[:6] + xs[7:]
+    got = torch.autograd.grad(fused(lambda *a, **k: selective_scan(*a, **k, backend=backend))(*xs), params, gy)
+    want = torch.autograd.grad(fused(selective_scan_ref)(*xs), params, gy)
+    for a, b in zip(got, want):
+        assert_close_scaled(a, b, 1e-10, "grad")
