@@ -23,12 +23,14 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pytorch_lightning")
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL
 
 from configs.load import ConfigError, load_config
 from flows.predict import predict_universe
@@ -125,12 +127,20 @@ def deployments() -> list[RunnerDeployment]:
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="python -m deployments.nightly",
                             description="Serve the nightly, train and predict deployments "
                                         "(needs PREFECT_API_URL pointing at a running server).").parse_args(argv)
+    # Without a server, Prefect would serve against a temporary one that dies
+    # with this process: no UI to see, no schedule kept.
+    if not PREFECT_API_URL.value():
+        print("error: PREFECT_API_URL is not set, so there is no server to serve to; start one with "
+              "`prefect server start`, then `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`",
+              file=sys.stderr)
+        return 2
     serve(*deployments())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -170,3 +170,32 @@ def _tiny_yaml(tmp_path: Path) -> Path:
         "training: {epochs: 2, seed: 7}\n"
     )
     return path
+
+
+def test_cli_trains_on_yahoo_style_csv_exports(tmp_path):
+    """``--source files:DIR`` with Yahoo Finance CSV exports (unadjusted OHLC + Adj Close)."""
+    data = tmp_path / "exports"
+    data.mkdir()
+    for symbol in ("AAPL", "MSFT"):
+        bars = load_bars(symbol, "sample", days=420)
+        # a 2:1 split adjustment undone before the midpoint, as raw Yahoo prices would show it
+        factor = pl.when(pl.int_range(bars.height) < 200).then(2.0).otherwise(1.0)
+        bars.select(
+            pl.col("date").dt.strftime("%Y-%m-%d").alias("Date"),
+            *[(pl.col(c) * factor).alias(c.title()) for c in ("open", "high", "low", "close")],
+            pl.col("close").alias("Adj Close"),
+            (pl.col("volume") / factor).round(0).alias("Volume"),
+        ).write_csv(data / f"{symbol}.csv")
+    code = main(["--symbols", "AAPL,MSFT", "--source", f"files:{data}", "--results", str(tmp_path / "r"),
+                 "--config", str(_tiny_yaml(tmp_path))])
+    assert code == 0
+    runs = ResultsStore(tmp_path / "r").symbol_runs()
+    assert sorted((r["symbol"], r["status"]) for r in runs) == [("AAPL", "completed"), ("MSFT", "completed")]
+    # the adjusted bars are the sample's again: same fingerprint as the original
+    from tasks.sources import bars_fingerprint
+    fp = {r["symbol"]: r["data_fingerprint"] for r in runs}
+    adjusted = load_bars("AAPL", f"files:{data}")
+    np_close = adjusted["close"].to_numpy()
+    ref = load_bars("AAPL", "sample", days=420)["close"].to_numpy()
+    assert abs(np_close / ref - 1).max() < 1e-12
+    assert fp["AAPL"] == bars_fingerprint(adjusted)
