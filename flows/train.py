@@ -84,7 +84,6 @@ def train_universe(config: Config = Config(), resume: bool = False) -> list[dict
     run_id = store.new_run_id()
     store.start_run(run_id, config.model_dump(mode="json"), symbols)
     log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
-    t0 = time.perf_counter()
     outcomes: dict[str, dict[str, Any]] = {}
     with ThreadPoolTaskRunner(max_workers=config.run.parallel) as runner:
         futures = {runner.submit(run_symbol, {"symbol": s, "config": config, "run_id": run_id, "resume": resume}): s
@@ -95,15 +94,15 @@ def train_universe(config: Config = Config(), resume: bool = False) -> list[dict
             if isinstance(result, BaseException):
                 error = f"{type(result).__name__}: {result}"
                 store.record_symbol(run_id, symbol, "failed", error=error)
-                outcomes[symbol] = _outcome(symbol, "failed", error=error, seconds=time.perf_counter() - t0)
-                log.error("%s: failed: %s", symbol, error)
+                outcomes[symbol] = _outcome(symbol, "failed", error=error)
+                log.error("[%d/%d] %s: failed: %s", len(outcomes), len(symbols), symbol, error)
             else:
                 outcomes[symbol] = result
-                log.info("%s: completed in %.1f s, %d epochs, best val_loss %.3g",
-                         symbol, result["seconds"], result["epochs"], result["best_val_loss"])
+                log.info("[%d/%d] %s: completed in %.1f s, %d epochs, best val_loss %.3g",
+                         len(outcomes), len(symbols), symbol, result["seconds"], result["epochs"], result["best_val_loss"])
     ordered = [outcomes[s] for s in symbols]
     failed = sum(o["status"] != "completed" for o in ordered)
-    store.finish_run(run_id, "completed" if not failed else "failed")
+    store.finish_run(run_id, "completed" if not failed else "failed" if failed == len(ordered) else "partial")
     create_table_artifact(key="train-summary", table=summary_rows(ordered, config.windows.horizons),
                           description=f"run {run_id}: {len(ordered) - failed} of {len(ordered)} symbols trained")
     return ordered

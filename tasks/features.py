@@ -49,6 +49,8 @@ computed per symbol in one query, about twice as fast as one query per symbol;
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
 from configs.schema import FeatureConfig
@@ -67,12 +69,32 @@ BARS_COLUMNS: tuple[str, ...] = ("date", "open", "high", "low", "close", "volume
 
 # ---------------------------------------------------------------- indicators
 
-def _seeded_ewm(x: pl.Expr, row: int, n: int, alpha: float) -> pl.Expr:
-    """Null before ``row``; at ``row`` the mean of x over the n rows ending there;
-    then e = (1 - alpha) e + alpha x (TA-Lib's k = alpha)."""
+# Stacked symbols are computed as one series, without grouping. A rolling
+# window or shift that reaches into the previous symbol only touches a
+# symbol's first rows, which are warm-up nulls anyway (``_WARMUP`` masks them
+# with ``_i``, the row number within the symbol). The recursions cannot be
+# masked that way, so they run on ``ewm_mean_by`` against a time key ``_t``
+# that steps by ``_TICK`` per row and jumps by ``_GAP`` rows between symbols:
+# ewm_mean_by decays by exp(-ln2 * dt / half_life) = 2 ** (-rows / h), which
+# across the gap underflows to exactly 0.0, so each symbol's recursion starts
+# from its own seed with nothing carried over from the symbol before it.
+_TICK = 2**32  # key units per row; the half-life is rounded to 1/_TICK rows
+_GAP = 2**15  # rows; 2 ** (-_GAP / h) == 0.0 for a half-life h < _GAP / 1075 = 30 rows
+_MAX_KEY_ROWS = 2**63 // _TICK  # _t is Int64
+
+
+def _half_life(alpha: float) -> str:
+    """ewm_mean_by's half-life, in key units, for a per-row decay of 1 - alpha."""
+    rows = math.log(2.0) / -math.log1p(-alpha)
+    assert rows * 1075 < _GAP, f"half-life {rows:.1f} rows too long for the symbol gap"
+    return f"{round(rows * _TICK)}i"
+
+
+def _seeded_ewm(x: pl.Expr, seed: pl.Expr, row: int, alpha: float) -> pl.Expr:
+    """Null before ``row``; ``seed`` at ``row``; then e = (1 - alpha) e + alpha x
+    (TA-Lib's k = alpha)."""
     i = pl.col("_i")
-    seed = x.slice(row - n + 1, n).mean()
-    return pl.when(i == row).then(seed).when(i > row).then(x).ewm_mean(alpha=alpha, adjust=False)
+    return pl.when(i == row).then(seed).when(i > row).then(x).ewm_mean_by("_t", half_life=_half_life(alpha))
 
 
 def _ratio_or_null(num: pl.Expr, den: pl.Expr) -> pl.Expr:
@@ -80,18 +102,30 @@ def _ratio_or_null(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(den != 0).then(num / den)
 
 
-def _stage1() -> dict[str, pl.Expr]:
-    """Everything that reads the bars directly."""
-    c, h, lo, v = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
+def _row_keys(stacked: bool) -> dict[str, pl.Expr]:
+    """``_blk`` (which symbol), ``_i`` (row within it) and the time key ``_t``."""
+    row = pl.int_range(pl.len(), dtype=pl.Int64)
+    if not stacked:
+        return {"_blk": pl.lit(0, pl.Int64), "_i": row, "_t": row * _TICK}
+    blk = pl.col("symbol").rle_id().cast(pl.Int64)
+    # rows are numbered from 0 in each symbol: subtract the row its block starts at
+    start = pl.when(blk != blk.shift(1, fill_value=-1)).then(row).otherwise(0).cum_max()
+    return {"_blk": blk, "_i": row - start, "_t": (row + blk * _GAP) * _TICK}
+
+
+def _stage1(stacked: bool) -> dict[str, pl.Expr]:
+    """Everything that reads the bars directly (warm-up rows masked later)."""
+    c, h, lo, v, i = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume"), pl.col("_i")
     c1 = c.shift(1)
     d = c - c1
     ret = d / c1
     # max(h - l, |h - c1|, |l - c1|) as one subtraction of the same two
     # operands TA-Lib ends up using (high >= low in Bars).
     true_range = pl.max_horizontal(h, c1) - pl.min_horizontal(lo, c1)
+    # sign(0) * v adds nothing on an unchanged close; a symbol's row 0 adds v[0].
+    obv = (pl.when(i > 0).then(d.sign()).otherwise(1.0) * v).cum_sum()
     return {
-        "_i": pl.int_range(pl.len()),
-        "norm_price": c / c.first(),
+        "norm_price": c / pl.when(i == 0).then(c).forward_fill(),
         "_d": d,
         "ret_1": ret,
         "log_ret_1": (c / c1).log(),
@@ -102,40 +136,54 @@ def _stage1() -> dict[str, pl.Expr]:
         "_sd20": c.rolling_std(20, ddof=0),
         "_lo20": lo.rolling_min(20),
         "_hi20": h.rolling_max(20),
-        # sign(0) * v adds nothing on an unchanged close; row 0 adds v[0].
-        "obv": (d.sign().fill_null(1.0) * v).cum_sum(),
+        # a running sum must restart at each symbol (not maskable like a window)
+        "obv": obv.over("_blk") if stacked else obv,
         "_vdev": v - v.rolling_mean(20),
         "_vsd": v.rolling_std(20, ddof=0),
-        "_tr": pl.when(c1.is_not_null()).then(true_range),  # TRANGE starts at row 1
+        "_tr": true_range,
     }
 
 
 def _stage2() -> dict[str, pl.Expr]:
-    """The recursions. RSI and ATR (Wilder) are seeded at row 14 with the mean
-    of rows 1..14 (their inputs are differences, null at row 0); MACD's fast
-    and slow EMAs both at row 25."""
-    c, d = pl.col("close"), pl.col("_d")
+    """The recursions, each seeded with the mean TA-Lib starts from. RSI and
+    ATR (Wilder) at row 14 with the mean of rows 1..14 (their inputs are
+    differences, so row 0 has none); MACD's fast and slow EMAs both at row 25."""
+    c, d, tr = pl.col("close"), pl.col("_d"), pl.col("_tr")
     up, down = d.clip(lower_bound=0.0), (-d).clip(lower_bound=0.0)
     return {
-        **{f"ema_{n}": _seeded_ewm(c, n - 1, n, 2.0 / (n + 1)) for n in (5, 10, 20, 60)},
-        "_gain": _seeded_ewm(up, 14, 14, 1.0 / 14),
-        "_loss": _seeded_ewm(down, 14, 14, 1.0 / 14),
-        "_line": _seeded_ewm(c, 25, 12, 2.0 / 13) - _seeded_ewm(c, 25, 26, 2.0 / 27),
-        "atr_14": _seeded_ewm(pl.col("_tr"), 14, 14, 1.0 / 14),
+        **{f"ema_{n}": _seeded_ewm(c, pl.col(f"sma_{n}"), n - 1, 2.0 / (n + 1)) for n in (5, 10, 20, 60)},
+        "_gain": _seeded_ewm(up, up.rolling_mean(14), 14, 1.0 / 14),
+        "_loss": _seeded_ewm(down, down.rolling_mean(14), 14, 1.0 / 14),
+        "_line": _seeded_ewm(c, c.rolling_mean(12), 25, 2.0 / 13)
+        - _seeded_ewm(c, c.rolling_mean(26), 25, 2.0 / 27),
+        "atr_14": _seeded_ewm(tr, tr.rolling_mean(14), 14, 1.0 / 14),
     }
 
 
 def _stage3() -> dict[str, pl.Expr]:
     # the MACD line starts at row 25, so the signal's seed is mean(line[25..33])
-    return {"macd_signal": _seeded_ewm(pl.col("_line"), 33, 9, 2.0 / 10)}
+    line = pl.col("_line")
+    return {"macd_signal": _seeded_ewm(line, line.rolling_mean(9), 33, 2.0 / 10)}
+
+
+#: First row (within a symbol) at which each windowed column has a value, as
+#: TA-Lib: before it the window reaches back past the symbol's first bar. The
+#: recursions (ema, rsi, macd, atr) are null before their seed on their own.
+_WARMUP = {
+    "ret_1": 1, "log_ret_1": 1,
+    **{f"sma_{n}": n - 1 for n in (5, 10, 20, 60)},
+    **{f"vol_{n}": n for n in (5, 20)},  # std of returns: ret_1 starts at row 1
+    **{f"mom_{n}": n for n in (5, 20)},
+    "roc_10": 10, "bb_pos_20": 19, "range_pos_20": 19, "vol_z_20": 19,
+}
 
 
 def _stage4() -> dict[str, pl.Expr]:
-    """Row-wise combinations (no grouping needed)."""
-    c, gain, loss = pl.col("close"), pl.col("_gain"), pl.col("_loss")
+    """Row-wise combinations, and the warm-up masks."""
+    c, gain, loss, i = pl.col("close"), pl.col("_gain"), pl.col("_loss"), pl.col("_i")
     signal, sd = pl.col("macd_signal"), pl.col("_sd20")
     macd = pl.when(signal.is_not_null()).then(pl.col("_line"))
-    return {
+    out = {
         "rsi_14": pl.when(gain + loss != 0).then(100.0 * gain / (gain + loss))
         .when(gain.is_not_null()).then(0.0),
         "bb_pos_20": _ratio_or_null(c - (pl.col("sma_20") - 2.0 * sd), 4.0 * sd),
@@ -144,6 +192,8 @@ def _stage4() -> dict[str, pl.Expr]:
         "macd_hist": macd - signal,
         "vol_z_20": _ratio_or_null(pl.col("_vdev"), pl.col("_vsd")),
     }
+    return {k: pl.when(i >= first).then(out.get(k, pl.col(k))) for k, first in _WARMUP.items()} | {
+        k: e for k, e in out.items() if k not in _WARMUP}
 
 
 def _check_bars(bars: pl.DataFrame) -> None:
@@ -153,48 +203,25 @@ def _check_bars(bars: pl.DataFrame) -> None:
     nulls = {c: n for c, n in bars.select(BARS_COLUMNS[1:]).null_count().row(0, named=True).items() if n}
     if nulls:
         raise ValueError(f"bars have nulls {nulls}; run validate_bars first, it names the dates")
+    if "symbol" in bars.columns and bars.height:
+        blocks, symbols = bars.select(pl.col("symbol").rle_id().max() + 1, pl.col("symbol").n_unique()).row(0)
+        if blocks != symbols:
+            raise ValueError("stacked bars must keep each symbol's rows together, in date order; "
+                             "sort them by symbol then date")
+        if bars.height + blocks * _GAP > _MAX_KEY_ROWS:
+            raise ValueError(f"{blocks} stacked symbols, {bars.height} rows: too many for one call "
+                             f"(the time key would overflow); split the frame")
 
 
 def indicators(bars: pl.DataFrame) -> pl.DataFrame:
     """``date`` (after ``symbol``, if the frame has one) and the 25 ``INDICATOR_COLUMNS``."""
     _check_bars(bars)
-    if "symbol" in bars.columns:
-        return _indicators_by_symbol(bars)
+    stacked = "symbol" in bars.columns
     lf = bars.lazy()
-    for stage in (_stage1, _stage2, _stage3, _stage4):
-        lf = lf.with_columns([e.alias(k) for k, e in stage().items()])
+    for exprs in (_row_keys(stacked), _stage1(stacked), _stage2(), _stage3(), _stage4()):
+        lf = lf.with_columns([e.alias(k) for k, e in exprs.items()])
     # Polars 2 defaults to the streaming engine, ~5x slower on these small frames.
-    return lf.select("date", *INDICATOR_COLUMNS).collect(engine="in-memory")
-
-
-def _indicators_by_symbol(bars: pl.DataFrame) -> pl.DataFrame:
-    """Stacked symbols: each stage as one group_by-agg, exploded back in row order.
-
-    Cheaper than ``.over("symbol")`` on every expression (one grouping per
-    stage instead of one per column); needs each symbol's rows contiguous.
-    """
-    blocks = bars.select((pl.col("symbol") != pl.col("symbol").shift(1)).sum() + 1).item()
-    if bars.height and blocks != bars["symbol"].n_unique():
-        raise ValueError("stacked bars must keep each symbol's rows together, in date order; "
-                         "sort them by symbol then date")
-    frame = bars
-    for stage in (_stage1, _stage2, _stage3):
-        exprs = stage()
-        new = (
-            frame.lazy()
-            .group_by("symbol", maintain_order=True)
-            .agg([e.alias(k) for k, e in exprs.items()])
-            .drop("symbol")
-            .explode(list(exprs))
-            .collect(engine="in-memory")
-        )
-        frame = frame.hstack(new)
-    return (
-        frame.lazy()
-        .with_columns([e.alias(k) for k, e in _stage4().items()])
-        .select("symbol", "date", *INDICATOR_COLUMNS)
-        .collect(engine="in-memory")
-    )
+    return lf.select(*(["symbol"] if stacked else []), "date", *INDICATOR_COLUMNS).collect(engine="in-memory")
 
 
 # ------------------------------------------------------------------ features

@@ -62,6 +62,7 @@ def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
     assert runs["AAA"]["status"] == runs["BBB"]["status"] == "completed"
     assert runs["../etc"]["status"] == "failed"
     assert "../etc" in runs["../etc"]["error"]
+    assert [r["status"] for r in ResultsStore(tmp_path).runs()] == ["partial"]
     out = capsys.readouterr().out
     assert "failed" in out and "../etc" in out
 
