@@ -75,6 +75,28 @@ def run_symbol(symbol: str, config: Config, run_id: str, resume: bool) -> dict[s
     return train_symbol(symbol, config, run_id, resume)
 
 
+def finished_earlier(store: ResultsStore, symbol: str, config: Config) -> dict[str, Any] | None:
+    """For ``--resume``: the symbol's latest completed symbol_run, if its run
+    had this same config (the ``run`` section aside), so it is not redone."""
+    done = [r for r in store.symbol_runs() if r["symbol"] == symbol and r["status"] == "completed"]
+    if not done:
+        return None
+    latest = max(done, key=lambda r: (r["finished_at"], r["run_id"]))
+    then = store.runs(latest["run_id"])[0]["config"]
+    now = config.model_dump(mode="json")
+    same = all(then.get(k) == v for k, v in now.items() if k != "run")
+    return latest if same else None
+
+
+def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Record an earlier completed symbol_run under this run; its outcome for the summary."""
+    keep = ("rows", "windows", "parameters", "epochs", "best_val_loss", "seconds", "model_path", "data_fingerprint")
+    store.record_symbol(run_id, row["symbol"], "completed", **{k: row[k] for k in keep})
+    skill = {e["horizon"]: e["skill_zero"] for e in store.evaluations(row["run_id"], row["symbol"])}
+    return _outcome(row["symbol"], "completed", epochs=row["epochs"], best_val_loss=row["best_val_loss"],
+                    skill=skill, seconds=0.0, model_path=row["model_path"])
+
+
 @flow(name="train-universe")
 def train_universe(config: Config = Config(), resume: bool = False) -> list[dict[str, Any]]:
     """Train every symbol of ``config.run.symbols`` (tickers or universe names)."""
@@ -85,9 +107,13 @@ def train_universe(config: Config = Config(), resume: bool = False) -> list[dict
     store.start_run(run_id, config.model_dump(mode="json"), symbols)
     log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
     outcomes: dict[str, dict[str, Any]] = {}
+    for symbol in symbols if resume else []:
+        if (row := finished_earlier(store, symbol, config)) is not None:
+            outcomes[symbol] = _carry_over(store, run_id, row)
+            log.info("%s: trained in run %s with this config; kept (--resume)", symbol, row["run_id"])
     with ThreadPoolTaskRunner(max_workers=config.run.parallel) as runner:
         futures = {runner.submit(run_symbol, {"symbol": s, "config": config, "run_id": run_id, "resume": resume}): s
-                   for s in symbols}
+                   for s in symbols if s not in outcomes}
         for future in as_completed(list(futures)):
             symbol = futures[future]
             result = future.result(raise_on_failure=False)
@@ -146,7 +172,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--results", help="results directory (default results/)")
     p.add_argument("--store-url", help="SQLAlchemy URL of the results database")
-    p.add_argument("--resume", action="store_true", help="continue interrupted symbols from their last.ckpt")
+    p.add_argument("--resume", action="store_true",
+                   help="keep symbols already trained with this config; continue interrupted ones from last.ckpt")
     args = p.parse_args(argv)
     if args.test and args.config:
         p.error("--test and --config are exclusive: --test means --config configs/test.yaml")

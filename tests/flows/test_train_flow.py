@@ -154,6 +154,14 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     # the resumed run replays exactly what the uninterrupted run did
     assert _same(_weights(full["model_path"]), _weights(resumed["model_path"]))
 
+    # resuming again keeps the completed symbol instead of retraining it ...
+    again = train_universe(interrupted, resume=True)[0]
+    assert again["status"] == "completed" and again["model_path"] == resumed["model_path"]
+    assert again["skill"] == pytest.approx(resumed["skill"])
+    # ... unless the config changed
+    changed = tiny_config(tmp_path / "resumed", ["AAA"], epochs=3, patience=10)
+    assert train_universe(changed, resume=True)[0]["model_path"] != resumed["model_path"]
+
 
 def test_store_rows_are_readable_with_plain_sqlite(tmp_path):
     """The default store is an ordinary SQLite file other tools can read."""
