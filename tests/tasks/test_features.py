@@ -142,6 +142,35 @@ def test_stacked_symbols_equal_one_symbol_at_a_time(make_bars):
             np.testing.assert_allclose(a[ok], b[ok], rtol=1e-12, atol=1e-13, err_msg=f"{sym} {col}")
 
 
+def test_stacked_symbols_do_not_leak_into_each_other(make_bars):
+    """Stacked symbols run as one series (windows masked by the row within the
+    symbol, recursions and running sums reset per symbol): neighbours ~1e7
+    apart in price and volume, and symbols shorter than every warm-up, still
+    get their own numbers, equal to TA-Lib's and to one symbol at a time."""
+    parts = {
+        "BIG": make_bars(300, 4, price=5e5).with_columns(pl.col("volume") * 1e4),
+        "TINY": make_bars(200, 5, price=0.05).with_columns(pl.col("volume") * 1e-2),
+        "SHORT": make_bars(20, 6, price=3e4),
+        "ONE": make_bars(1, 7),
+        "LAST": make_bars(120, 8, price=0.01),
+    }
+    stacked = pl.concat([b.with_columns(symbol=pl.lit(s)) for s, b in parts.items()])
+    out = indicators(stacked)
+    for sym, bars in parts.items():
+        mine = out.filter(pl.col("symbol") == sym).drop("symbol")
+        assert_matches_talib(mine, bars)
+        one = indicators(bars)
+        for col in INDICATOR_COLUMNS:
+            a, b = mine[col].to_numpy(), one[col].to_numpy()
+            assert np.array_equal(np.isnan(a), np.isnan(b)), (sym, col)
+            ok = ~np.isnan(b)
+            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-12, atol=1e-13, err_msg=f"{sym} {col}")
+    # a one-bar symbol has only its first close and its volume as OBV
+    row = out.filter(pl.col("symbol") == "ONE").row(0, named=True)
+    assert [c for c in INDICATOR_COLUMNS if row[c] is not None] == ["norm_price", "obv"]
+    assert row["obv"] == parts["ONE"]["volume"][0] and row["norm_price"] == 1.0
+
+
 def test_stacked_symbols_must_be_contiguous(make_bars):
     a, b = make_bars(80, 1), make_bars(80, 2)
     mixed = pl.concat([a.with_columns(symbol=pl.lit("A")), b.with_columns(symbol=pl.lit("B")),
