@@ -214,4 +214,7 @@ def publish_plots(symbol: str, model_dir: Path, trained: TrainResult, windows: W
 
 
 def _round_rows(rows: list[dict[str, Any]], digits: int = 5) -> list[dict[str, Any]]:
-    return [{k: round(v, digits) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    """Rounded, with the skill columns first (the UI's table scrolls sideways)."""
+    first = ("horizon", "skill_zero", "skill_drift")
+    return [{k: round(r[k], digits) if isinstance(r[k], float) else r[k]
+             for k in [*[f for f in first if f in r], *[k for k in r if k not in first]]} for r in rows]
