@@ -208,3 +208,14 @@ def test_cli_trains_on_yahoo_style_csv_exports(tmp_path):
     ref = load_bars("AAPL", "sample", days=420)["close"].to_numpy()
     assert abs(np_close / ref - 1).max() < 1e-12
     assert fp["AAPL"] == bars_fingerprint(adjusted)
+
+
+def test_too_short_history_fails_validation_naming_symbol_and_fix(tmp_path, capsys):
+    code = main(["--source", "synthetic", "--symbols", "AAA", "--days", "120", "--results", str(tmp_path),
+                 "--config", str(_tiny_yaml(tmp_path))])
+    assert code == 1
+    (row,) = ResultsStore(tmp_path).symbol_runs()
+    assert row["status"] == "failed" and row["model_path"] is None
+    assert row["error"].startswith("DataQualityError: AAA")
+    assert "min_rows" in row["error"] and "120" in row["error"] and "--days" in row["error"]
+    assert not (tmp_path / "models").exists()
