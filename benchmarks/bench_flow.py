@@ -95,7 +95,8 @@ def main() -> None:
     inside = sum(sum(v.values()) for s, v in per_symbol.items() if s in symbols)
     train_s = [per_symbol[s]["train"] for s in symbols]
     print(f"{args.symbols} synthetic symbols, d_model 64, 4 layers, window 60, "
-          f"{args.epochs} epochs, parallel {args.parallel}, torch threads {os.cpu_count()}")
+          f"{args.epochs} epochs, parallel {args.parallel}, "
+          f"torch threads per symbol {max(1, (os.cpu_count() or 1) // args.parallel)}")
     print(f"{'symbol':<8}{'train s':>9}{'s/epoch':>9}{'all tasks s':>13}")
     for s in symbols:
         print(f"{s:<8}{per_symbol[s]['train']:>9.2f}{per_symbol[s]['train'] / args.epochs:>9.2f}"
