@@ -67,12 +67,14 @@ def load_universes(path: Path = UNIVERSES) -> dict[str, list[str]]:
 
 
 def resolve_symbols(names: list[str], universes: dict[str, list[str]] | None = None) -> list[str]:
-    """Expand universe names (``TIER_1``) into tickers; keep the order, drop repeats."""
+    """Expand universe names (``TIER_1``) into tickers, upper-cased (one name
+    per symbol in the store; ``files:`` matches file names case-insensitively);
+    keep the order, drop repeats."""
     universes = load_universes() if universes is None else universes
     out: list[str] = []
     for name in names:
         for symbol in universes.get(name, [name]):
-            symbol = symbol.strip()
+            symbol = symbol.strip().upper()
             if symbol and symbol not in out:
                 out.append(symbol)
     if not out:

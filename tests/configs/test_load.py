@@ -52,7 +52,7 @@ def test_config_is_frozen():
 def test_universes_expand_in_order_without_repeats():
     universes = load_universes()
     assert len(universes["TIER_1"]) == 50 == len(set(universes["TIER_1"]))
-    assert resolve_symbols(["MSFT", "TEST", " IBM "]) == ["MSFT", "AAPL", "IBM"]
+    assert resolve_symbols(["MSFT", "TEST", " ibm "]) == ["MSFT", "AAPL", "IBM"]
     assert resolve_symbols(["SAMPLE"]) == ["AAPL", "GOOG", "IBM", "MSFT"]
     with pytest.raises(ConfigError, match="TIER_1"):
         resolve_symbols([" "])

@@ -60,11 +60,11 @@ def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
     assert code == 1
     runs = {r["symbol"]: r for r in ResultsStore(tmp_path).symbol_runs()}
     assert runs["AAA"]["status"] == runs["BBB"]["status"] == "completed"
-    assert runs["../etc"]["status"] == "failed"
-    assert "../etc" in runs["../etc"]["error"]
+    assert runs["../ETC"]["status"] == "failed"
+    assert "../ETC" in runs["../ETC"]["error"]
     assert [r["status"] for r in ResultsStore(tmp_path).runs()] == ["partial"]
     out = capsys.readouterr().out
-    assert "failed" in out and "../etc" in out
+    assert "failed" in out and "../ETC" in out
 
 
 def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
