@@ -249,11 +249,11 @@ def test_nightly_run_fails_naming_the_symbol_after_forecasting_the_others(served
     state, tree = _run_deployment(client, served, "nightly-retrain/nightly",
                                   {"config_path": str(config), "symbols": ["AAA", "../etc"], "epochs": 1})
     assert state.type == StateType.FAILED
-    assert "NightlyError: 1 of 2 symbols failed: ../etc: train: " in state.message
+    assert "NightlyError: 1 of 2 symbols failed: ../ETC: train: " in state.message
     # the good symbol was trained and forecast before the run failed
     store = ResultsStore(results)
     assert sorted((r["symbol"], r["status"]) for r in store.symbol_runs()) == [
-        ("../etc", "failed"), ("AAA", "completed")]
+        ("../ETC", "failed"), ("AAA", "completed")]
     assert sorted(p["horizon"] for p in store.predictions("AAA")) == HORIZONS
     assert {name: fr.state.type for name, fr in tree.values() if name == "predict-universe"} == {
         "predict-universe": StateType.COMPLETED}
