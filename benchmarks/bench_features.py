@@ -45,7 +45,7 @@ def random_walk(days: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def talib_indicators(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    o, h, lo, c, v = b["open"], b["high"], b["low"], b["close"], b["volume"]
+    h, lo, c, v = b["high"], b["low"], b["close"], b["volume"]
     ret = talib.ROCP(c, 1)
     upper, _, lower = talib.BBANDS(c, 20, 2, 2)
     mn = talib.MIN(lo, 20)

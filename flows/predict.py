@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
