@@ -73,9 +73,10 @@ def test_indicators_match_talib_on_synthetic_data(seed, price, vol, make_bars):
 
 
 def test_indicators_match_talib_on_project_simulator():
-    sources = pytest.importorskip("tasks.sources")
+    from tasks.sources import load_bars
+
     for symbol in ("SYNTH", "ZZZ"):
-        bars = sources.load_bars(symbol, "synthetic")
+        bars = load_bars(symbol, "synthetic")
         assert_matches_talib(indicators(bars), bars)
 
 

@@ -111,7 +111,6 @@ def test_sample_adjusts_msft_2003_split_too() -> None:
 
 
 def test_sample_regenerates_from_bokeh_sampledata() -> None:
-    pytest.importorskip("bokeh_sampledata")
     build_sample = importlib.import_module("tasks.data.build_sample")
     committed = pl.read_parquet(src.SAMPLE_PATH)
     rebuilt = build_sample.build()
@@ -468,7 +467,7 @@ def test_yfinance_raised_network_error_becomes_source_error(
 def test_download_wrapper_captures_yfinance_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real ``_download`` around a fake ``yf.download`` that fails as 1.7 does:
     logs on the 'yfinance' logger and returns an empty frame."""
-    yf = pytest.importorskip("yfinance")
+    import yfinance as yf
     seen = {}
 
     def fake_download(ticker: str, **kwargs: object) -> pd.DataFrame:
