@@ -82,7 +82,8 @@ def bench_scans(shape, reps):
         if fn is None:
             continue
         slow = name == "selective_scan_ref" and shape[1] > 100
-        out[name] = median_ms(lambda: torch.autograd.grad(fn(*xs), xs, gy), 3 if slow else reps, 1 if slow else 2)
+        n_reps, warmup = (3, 1) if slow else (reps, 2)
+        out[name] = median_ms(lambda: torch.autograd.grad(fn(*xs), xs, gy), n_reps, warmup)  # noqa: B023 (called at once)
     return out
 
 
@@ -100,10 +101,11 @@ class MambapyForecaster(torch.nn.Module):
         return self.head(self.norm_f(self.mamba(self.embed(x))[:, -1]))
 
 
-def train_step_fn(model, x, y):
+def train_step(model):
+    """`step(x, y)`: one training step (forward, MSE, backward, AdamW) of `model`."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def step():
+    def step(x, y):
         loss = F.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -112,26 +114,22 @@ def train_step_fn(model, x, y):
     return step
 
 
-def epoch_seconds(model, windows=870, batch=32, epochs=3):
+def epoch_seconds(step, windows=870, batch=32, epochs=3):
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(windows, 60, 25, generator=g), torch.randn(windows, 4, generator=g))
     loader = DataLoader(data, batch_size=batch, shuffle=True, generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times = []
     for _ in range(epochs + 1):  # the first epoch warms up allocators
         t0 = time.perf_counter()
         for x, y in loader:
-            loss = F.mse_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            step(x, y)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
 
 
 def kernel_build_seconds():
     with tempfile.TemporaryDirectory() as tmp:
-        cc = _kernel.shutil.which("cc") or _kernel.shutil.which("gcc")
+        cc = _kernel._compiler()
         if cc is None:
             return None
         t0 = time.perf_counter()
@@ -165,8 +163,9 @@ def main():
     epochs = {}
     for name, (model, backend) in models.items():
         os.environ["MAMBAFLOW_SCAN"] = backend
-        ms = median_ms(train_step_fn(model, x, y), args.reps, warmup=3)
-        epochs[name] = epoch_seconds(model)
+        step = train_step(model)
+        ms = median_ms(lambda: step(x, y), args.reps, warmup=3)  # noqa: B023 (called at once)
+        epochs[name] = epoch_seconds(step)
         print(f"| {name} | {ms:.1f} | {ms * batches / 1e3:.2f} | {epochs[name]:.2f} |")
     os.environ["MAMBAFLOW_SCAN"] = "auto"
     if "mambapy Mamba, same size" in epochs:

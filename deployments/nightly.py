@@ -16,11 +16,9 @@ declares the same deployments: ``prefect deploy --all``, then
 
 from __future__ import annotations
 
-import os
-
-# Lightning's log lines go to the Prefect run logs; flow runs are child
-# processes of this one and inherit its environment (set before prefect loads).
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pytorch_lightning")
+# flows/__init__.py sets the Prefect env defaults (Lightning's log lines in the
+# run logs) before prefect loads; the runs this process serves inherit them.
+import flows  # noqa: F401  (first, for that reason)
 
 import argparse
 import sys

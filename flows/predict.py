@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.load import ConfigError, resolve_symbols
 from configs.schema import DataConfig, FeatureConfig
+from flows.report import text_table
 from tasks import steps
 from tasks.features import WARMUP_ROWS, build_features
 from tasks.sources import validate_symbol
@@ -53,11 +54,11 @@ def forecast_symbol(symbol: str, store: ResultsStore, source: str | None) -> lis
     state, meta = load_model(model_dir)
     data = DataConfig(**(meta["config"]["data"] | ({"source": source} if source else {}) | {"end": None}))
     bars = steps.fetch_bars.with_options(result_storage=store.results_dir / "prefect")(
-        symbol, data, store.results_dir / "cache" / "yfinance")
+        symbol, data, store.results_dir)
     validate_bars(bars, symbol, WARMUP_ROWS + meta["seq_len"])
     frame = build_features(bars, FeatureConfig(**meta["config"]["features"]))
     x, as_of, close = latest_window(frame, meta["feature_names"], Scaler.from_dict(meta["scaler"]), meta["seq_len"])
-    model = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], meta["model"])
+    model = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], meta["config"]["model"])
     returns = predict_windows(model, x)[0]  # (h,)
     return [{
         "model_run_id": meta["run_id"], "symbol": symbol, "as_of": as_of, "horizon": int(h),
@@ -92,12 +93,10 @@ def predict_universe(symbols: list[str], source: str | None = None, results_dir:
 
 
 def forecast_table(rows: list[dict[str, Any]]) -> str:
-    head = ["symbol", "as of", "close", "horizon", "target date", "return", "price"]
-    body = [[r["symbol"], str(r["as_of"]), f"{r['last_close']:.2f}", f"{r['horizon']}d", str(r["target_date"]),
-             f"{math.expm1(r['predicted_return']):+.2%}", f"{r['predicted_price']:.2f}"] for r in rows]
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r).rstrip() for r in [head, ["-" * w for w in widths], *body])
+    return text_table([{
+        "symbol": r["symbol"], "as of": r["as_of"], "close": f"{r['last_close']:.2f}", "horizon": f"{r['horizon']}d",
+        "target date": r["target_date"], "return": f"{math.expm1(r['predicted_return']):+.2%}",
+        "price": f"{r['predicted_price']:.2f}"} for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:

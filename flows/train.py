@@ -25,8 +25,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.load import TEST_CONFIG, ConfigError, load_config, resolve_symbols
 from configs.schema import Config
+from flows.report import text_table
 from tasks import steps
-from tasks.features import WARMUP_ROWS
+from tasks.features import WARMUP_ROWS, feature_names
 from tasks.sources import validate_symbol
 from tasks.store import ResultsStore
 from tasks.windows import required_rows
@@ -45,24 +46,27 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     log = get_run_logger()
     validate_symbol(symbol)  # before the symbol touches any path
     results = Path(config.run.results_dir).resolve()
-    store = ResultsStore(results, config.run.store_url)
     cached = {"result_storage": results / "prefect"}
     w = config.windows
     min_rows = required_rows(w.seq_len, w.horizons, w.val_frac, w.test_frac) + WARMUP_ROWS
 
-    bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results / "cache" / "yfinance")
+    bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results)
     report = steps.validate_bars(bars, symbol, min_rows)
     frame = steps.build_features.with_options(**cached)(bars, config.features, symbol)
     windows = steps.make_windows(frame, w, symbol)
     log.info("%s: %d bars %s..%s, windows train/val/test %d/%d/%d", symbol, bars.height, bars["date"][0],
-             bars["date"][-1], len(windows.train.x), len(windows.val.x), len(windows.test.x))
+             bars["date"][-1], len(windows.train), len(windows.val), len(windows.test))
     workdir = results / "work" / symbol
     trained = steps.train_model(windows, config, symbol, workdir, resume)
     evaluation, pred = steps.evaluate_model(trained, config, windows, symbol)
     fingerprint = steps.bars_fingerprint(bars)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     seconds = time.perf_counter() - t0
-    model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
+    store = ResultsStore(results, config.run.store_url)
+    try:
+        model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
+    finally:
+        store.close()
     steps.publish_plots(symbol, model_dir, trained, windows, pred, evaluation)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
@@ -75,17 +79,13 @@ def run_symbol(symbol: str, config: Config, run_id: str, resume: bool) -> dict[s
     return train_symbol(symbol, config, run_id, resume)
 
 
-def finished_earlier(store: ResultsStore, symbol: str, config: Config) -> dict[str, Any] | None:
-    """For ``--resume``: the symbol's latest completed symbol_run, if its run
-    had this same config (the ``run`` section aside), so it is not redone."""
-    done = [r for r in store.symbol_runs() if r["symbol"] == symbol and r["status"] == "completed"]
-    if not done:
-        return None
-    latest = max(done, key=lambda r: (r["finished_at"], r["run_id"]))
-    then = store.runs(latest["run_id"])[0]["config"]
-    now = config.model_dump(mode="json")
-    same = all(then.get(k) == v for k, v in now.items() if k != "run")
-    return latest if same else None
+def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) -> dict[str, dict[str, Any]]:
+    """For ``--resume``: each symbol's latest completed symbol_run whose run had
+    this same config (the ``run`` section aside), so it is not redone."""
+    configs = {r["run_id"]: r["config"] for r in store.runs()}
+    now = {k: v for k, v in config.model_dump(mode="json").items() if k != "run"}
+    return {s: r for s, r in store.latest_completed(symbols).items()
+            if {k: v for k, v in configs[r["run_id"]].items() if k != "run"} == now}
 
 
 def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -107,10 +107,9 @@ def train_universe(config: Config = Config(), resume: bool = False) -> list[dict
     store.start_run(run_id, config.model_dump(mode="json"), symbols)
     log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
     outcomes: dict[str, dict[str, Any]] = {}
-    for symbol in symbols if resume else []:
-        if (row := finished_earlier(store, symbol, config)) is not None:
-            outcomes[symbol] = _carry_over(store, run_id, row)
-            log.info("%s: trained in run %s with this config; kept (--resume)", symbol, row["run_id"])
+    for symbol, row in (finished_earlier(store, symbols, config) if resume else {}).items():
+        outcomes[symbol] = _carry_over(store, run_id, row)
+        log.info("%s: trained in run %s with this config; kept (--resume)", symbol, row["run_id"])
     with ThreadPoolTaskRunner(max_workers=config.run.parallel) as runner:
         futures = {runner.submit(run_symbol, {"symbol": s, "config": config, "run_id": run_id, "resume": resume}): s
                    for s in symbols if s not in outcomes}
@@ -151,12 +150,7 @@ def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[di
 
 
 def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
-    dicts = summary_rows(outcomes, horizons)
-    head = list(dicts[0])
-    rows = [list(d.values()) for d in dicts]
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r).rstrip() for r in [head, ["-" * w for w in widths], *rows])
+    return text_table(summary_rows(outcomes, horizons))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -201,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         resolve_symbols(config.run.symbols)
-    except ConfigError as exc:
+        feature_names(config.features)  # an unknown feature column fails now, not once per symbol
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     outcomes = train_universe(config, resume=args.resume)

@@ -1,9 +1,10 @@
 """Build and load the fused C kernels (`_scan_kernel.c`) through ctypes.
 
-The kernel is plain C (no Python or torch headers), so building it takes about
-a second with the system compiler; the shared library is cached under
-`$MAMBAFLOW_CACHE` (default `~/.cache/mambaflow`) keyed by a hash of the
-source, the compiler, its flags and the CPU, and reused by later processes.
+The kernel is plain C (no Python or torch headers), built once with the
+system compiler (`benchmarks/bench_scan.py` prints the one-off build time).
+The shared library is cached under `$MAMBAFLOW_CACHE` (default
+`~/.cache/mambaflow`) keyed by a hash of the source, the compiler, its flags
+and the CPU, and reused by later processes.
 When no compiler is found or the build fails, `load()` returns None with the
 reason in `load_error()`, and `mamba.scan` falls back to its pure-PyTorch path.
 """
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -48,6 +50,8 @@ def _flag_sets() -> list[list[str]]:
     sets.append(native + ["-fopenmp-simd", "-pthread"])
     sets.append(["-O3", "-fno-math-errno", "-pthread"])  # compilers without -march=native
     return sets
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("MAMBAFLOW_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mambaflow"
@@ -95,17 +99,21 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn.restype = i32
 
 
+def _compiler() -> str | None:
+    """The C compiler to build with: $CC, else cc, gcc or clang on PATH; None if none."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def _load() -> ctypes.CDLL | None:
     global _error
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = _compiler()
     if cc is None:
         _error = "no C compiler found (set CC, or install gcc/clang)"
         return None
+    source, cpu = _SOURCE.read_bytes(), _cpu_signature()
     errors = []
     for flags in _flag_sets():
-        key = hashlib.sha256(
-            _SOURCE.read_bytes() + repr((cc, flags, _cpu_signature())).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256(source + repr((cc, flags, cpu)).encode()).hexdigest()[:16]
         out = _cache_dir() / f"scan_kernel-{key}.so"
         if not out.exists():
             err = _build(cc, flags, out)
@@ -141,6 +149,13 @@ def load_error() -> str | None:
 def ptrs(*tensors):
     """ctypes arguments for the kernel: data pointers, NULL for None."""
     return [None if t is None else ctypes.c_void_p(t.data_ptr()) for t in tensors]
+
+
+def fail(who: str, what: str, shape: tuple) -> NoReturn:
+    """Raise for a kernel call that returned non-zero: its only failure is a
+    worker that could not allocate its scratch (see parallel_rows)."""
+    raise MemoryError(f"{who}: the C kernel could not allocate its scratch ({what}, shape {shape}); "
+                      "use a smaller batch or MAMBAFLOW_SCAN=torch")
 
 
 def threads(work: int) -> int:

@@ -13,7 +13,8 @@
  *   out[t, e] = act(bias[e] + sum_j w[j, e] x[t - (k - 1) + j, e]),  x[<0] = 0
  *
  * Built by mamba/_kernel.py with the system C compiler and loaded through
- * ctypes (no Python headers, no torch headers: it compiles in about a second).
+ * ctypes (no Python headers, no torch headers; benchmarks/bench_scan.py
+ * prints the one-off build time).
  *
  * Layout.  u, delta, z, y: (b, l, e); At = A transposed: (n, e); B, C:
  * (b, l, n); D, delta_bias: (e); last state: (b, e, n).  All C-contiguous,
@@ -236,44 +237,42 @@ static void SFX(fwd_row)(void *p, int64_t b, void *scratch) {
     real *h = (real *)scratch; /* N * EC */
     real du[EC], dtv[EC];
     const real *restrict At = a->At, *restrict D = a->D;
-    {
-        for (int64_t e0 = 0; e0 < E; e0 += EC) {
-            const int64_t ec = E - e0 < EC ? E - e0 : EC;
-            memset(h, 0, sizeof(real) * (size_t)(N * EC));
-            for (int64_t t = 0; t < L; t++) {
-                const int64_t row = (b * L + t) * E + e0;
-                const real *restrict ut = a->u + row;
-                const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
-                real *restrict yt = a->out + row;
-                SFX(load_dt)(a, row, e0, ec, dtv);
+    for (int64_t e0 = 0; e0 < E; e0 += EC) {
+        const int64_t ec = E - e0 < EC ? E - e0 : EC;
+        memset(h, 0, sizeof(real) * (size_t)(N * EC));
+        for (int64_t t = 0; t < L; t++) {
+            const int64_t row = (b * L + t) * E + e0;
+            const real *restrict ut = a->u + row;
+            const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
+            real *restrict yt = a->out + row;
+            SFX(load_dt)(a, row, e0, ec, dtv);
+#pragma omp simd
+            for (int64_t e = 0; e < ec; e++) {
+                du[e] = dtv[e] * ut[e];
+                yt[e] = D[e0 + e] * ut[e];
+            }
+            for (int64_t n = 0; n < N; n++) {
+                const real bn = Bt[n], cn = Ct[n];
+                const real *restrict An = At + n * E + e0;
+                real *restrict hn = h + n * EC;
 #pragma omp simd
                 for (int64_t e = 0; e < ec; e++) {
-                    du[e] = dtv[e] * ut[e];
-                    yt[e] = D[e0 + e] * ut[e];
-                }
-                for (int64_t n = 0; n < N; n++) {
-                    const real bn = Bt[n], cn = Ct[n];
-                    const real *restrict An = At + n * E + e0;
-                    real *restrict hn = h + n * EC;
-#pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) {
-                        real hv = EXP(dtv[e] * An[e]) * hn[e] + du[e] * bn;
-                        hn[e] = hv;
-                        yt[e] += hv * cn;
-                    }
-                }
-                if (a->z) {
-                    const real *restrict zt = a->z + row;
-                    if (a->y_pre) memcpy(a->y_pre + row, yt, sizeof(real) * (size_t)ec);
-#pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) yt[e] *= zt[e] * SFX(sigmoid)(zt[e]);
+                    real hv = EXP(dtv[e] * An[e]) * hn[e] + du[e] * bn;
+                    hn[e] = hv;
+                    yt[e] += hv * cn;
                 }
             }
-            if (a->h_last)
-                for (int64_t n = 0; n < N; n++)
-                    for (int64_t e = 0; e < ec; e++)
-                        a->h_last[(b * E + e0 + e) * N + n] = h[n * EC + e];
+            if (a->z) {
+                const real *restrict zt = a->z + row;
+                if (a->y_pre) memcpy(a->y_pre + row, yt, sizeof(real) * (size_t)ec);
+#pragma omp simd
+                for (int64_t e = 0; e < ec; e++) yt[e] *= zt[e] * SFX(sigmoid)(zt[e]);
+            }
         }
+        if (a->h_last)
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t e = 0; e < ec; e++)
+                    a->h_last[(b * E + e0 + e) * N + n] = h[n * EC + e];
     }
 }
 
@@ -296,114 +295,112 @@ static void SFX(bwd_row)(void *p, int64_t b, void *scratch) {
     real *g = P + L * N * ecb;       /* N ecb */
     real du[EC], dtv[EC], gyv[EC], gsum[EC], gdA[EC];
     const real *restrict At = a->At, *restrict D = a->D;
-    {
-        real *gA = a->gA_rows + b * N * E; /* (n, e) for this row */
-        real *gD = a->gD_rows + b * E;
-        real *gbias = a->gbias_rows ? a->gbias_rows + b * E : NULL;
-        for (int64_t e0 = 0; e0 < E; e0 += ecb) {
-            const int64_t ec = E - e0 < ecb ? E - e0 : ecb;
-            /* 1. recompute the states of this block */
-            memset(H, 0, sizeof(real) * (size_t)(N * ecb));
-            for (int64_t t = 0; t < L; t++) {
-                const int64_t row = (b * L + t) * E + e0;
-                const real *restrict ut = a->u + row;
-                const real *restrict Bt = a->B + (b * L + t) * N;
-                SFX(load_dt)(a, row, e0, ec, dtv);
+    real *gA = a->gA_rows + b * N * E; /* (n, e) for this row */
+    real *gD = a->gD_rows + b * E;
+    real *gbias = a->gbias_rows ? a->gbias_rows + b * E : NULL;
+    for (int64_t e0 = 0; e0 < E; e0 += ecb) {
+        const int64_t ec = E - e0 < ecb ? E - e0 : ecb;
+        /* 1. recompute the states of this block */
+        memset(H, 0, sizeof(real) * (size_t)(N * ecb));
+        for (int64_t t = 0; t < L; t++) {
+            const int64_t row = (b * L + t) * E + e0;
+            const real *restrict ut = a->u + row;
+            const real *restrict Bt = a->B + (b * L + t) * N;
+            SFX(load_dt)(a, row, e0, ec, dtv);
 #pragma omp simd
-                for (int64_t e = 0; e < ec; e++) du[e] = dtv[e] * ut[e];
-                for (int64_t n = 0; n < N; n++) {
-                    const real bn = Bt[n];
-                    const real *restrict An = At + n * E + e0;
-                    const real *restrict hp = H + (t * N + n) * ecb;
-                    real *restrict hn = H + ((t + 1) * N + n) * ecb;
-                    real *restrict pn = P + (t * N + n) * ecb;
+            for (int64_t e = 0; e < ec; e++) du[e] = dtv[e] * ut[e];
+            for (int64_t n = 0; n < N; n++) {
+                const real bn = Bt[n];
+                const real *restrict An = At + n * E + e0;
+                const real *restrict hp = H + (t * N + n) * ecb;
+                real *restrict hn = H + ((t + 1) * N + n) * ecb;
+                real *restrict pn = P + (t * N + n) * ecb;
 #pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) {
-                        const real dA = EXP(dtv[e] * An[e]);
-                        pn[e] = dA;
-                        hn[e] = dA * hp[e] + du[e] * bn;
-                    }
+                for (int64_t e = 0; e < ec; e++) {
+                    const real dA = EXP(dtv[e] * An[e]);
+                    pn[e] = dA;
+                    hn[e] = dA * hp[e] + du[e] * bn;
                 }
             }
-            /* 2. walk back in time; g holds exp(delta_{t+1} A) . g_{t+1} */
-            if (a->gh_last) {
-                for (int64_t n = 0; n < N; n++)
-                    for (int64_t e = 0; e < ec; e++)
-                        g[n * ecb + e] = a->gh_last[(b * E + e0 + e) * N + n];
+        }
+        /* 2. walk back in time; g holds exp(delta_{t+1} A) . g_{t+1} */
+        if (a->gh_last) {
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t e = 0; e < ec; e++)
+                    g[n * ecb + e] = a->gh_last[(b * E + e0 + e) * N + n];
+        } else {
+            memset(g, 0, sizeof(real) * (size_t)(N * ecb));
+        }
+        for (int64_t t = L - 1; t >= 0; t--) {
+            const int64_t row = (b * L + t) * E + e0;
+            const real *restrict ut = a->u + row, *restrict got = a->gout + row;
+            const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
+            real *restrict gBt = a->gB + (b * L + t) * N, *restrict gCt = a->gC + (b * L + t) * N;
+            SFX(load_dt)(a, row, e0, ec, dtv);
+            if (a->z && a->gz) { /* out = y SiLU(z): dy = dout SiLU(z), dz = dout y SiLU'(z) */
+                const real *restrict zt = a->z + row, *restrict yp = a->y_pre + row;
+                real *restrict gzt = a->gz + row;
+#pragma omp simd
+                for (int64_t e = 0; e < ec; e++) {
+                    const real sg = SFX(sigmoid)(zt[e]);
+                    gyv[e] = got[e] * zt[e] * sg;
+                    gzt[e] = got[e] * yp[e] * sg * (1 + zt[e] * (1 - sg));
+                }
+            } else if (a->z) { /* z needs no gradient */
+                const real *restrict zt = a->z + row;
+#pragma omp simd
+                for (int64_t e = 0; e < ec; e++) gyv[e] = got[e] * zt[e] * SFX(sigmoid)(zt[e]);
             } else {
-                memset(g, 0, sizeof(real) * (size_t)(N * ecb));
+                memcpy(gyv, got, sizeof(real) * (size_t)ec);
             }
-            for (int64_t t = L - 1; t >= 0; t--) {
-                const int64_t row = (b * L + t) * E + e0;
-                const real *restrict ut = a->u + row, *restrict got = a->gout + row;
-                const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
-                real *restrict gBt = a->gB + (b * L + t) * N, *restrict gCt = a->gC + (b * L + t) * N;
-                SFX(load_dt)(a, row, e0, ec, dtv);
-                if (a->z && a->gz) { /* out = y SiLU(z): dy = dout SiLU(z), dz = dout y SiLU'(z) */
-                    const real *restrict zt = a->z + row, *restrict yp = a->y_pre + row;
-                    real *restrict gzt = a->gz + row;
 #pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) {
-                        const real sg = SFX(sigmoid)(zt[e]);
-                        gyv[e] = got[e] * zt[e] * sg;
-                        gzt[e] = got[e] * yp[e] * sg * (1 + zt[e] * (1 - sg));
-                    }
-                } else if (a->z) { /* z needs no gradient */
-                    const real *restrict zt = a->z + row;
-#pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) gyv[e] = got[e] * zt[e] * SFX(sigmoid)(zt[e]);
-                } else {
-                    memcpy(gyv, got, sizeof(real) * (size_t)ec);
-                }
-#pragma omp simd
-                for (int64_t e = 0; e < ec; e++) {
-                    du[e] = dtv[e] * ut[e];
-                    gsum[e] = 0;
-                    gdA[e] = 0;
-                }
-                for (int64_t n = 0; n < N; n++) {
-                    const real bn = Bt[n], cn = Ct[n];
-                    const real *restrict An = At + n * E + e0;
-                    const real *restrict hp = H + (t * N + n) * ecb;
-                    const real *restrict hn = H + ((t + 1) * N + n) * ecb;
-                    const real *restrict pn = P + (t * N + n) * ecb;
-                    real *restrict gn = g + n * ecb;
-                    real *restrict gAn = gA + n * E + e0;
-                    real sC = 0, sB = 0;
+            for (int64_t e = 0; e < ec; e++) {
+                du[e] = dtv[e] * ut[e];
+                gsum[e] = 0;
+                gdA[e] = 0;
+            }
+            for (int64_t n = 0; n < N; n++) {
+                const real bn = Bt[n], cn = Ct[n];
+                const real *restrict An = At + n * E + e0;
+                const real *restrict hp = H + (t * N + n) * ecb;
+                const real *restrict hn = H + ((t + 1) * N + n) * ecb;
+                const real *restrict pn = P + (t * N + n) * ecb;
+                real *restrict gn = g + n * ecb;
+                real *restrict gAn = gA + n * E + e0;
+                real sC = 0, sB = 0;
 #pragma omp simd reduction(+ : sC, sB)
-                    for (int64_t e = 0; e < ec; e++) {
-                        const real gt = gn[e] + gyv[e] * cn; /* dL/dh_t */
-                        const real dA = pn[e];
-                        const real gx = gt * hp[e] * dA;     /* dL/d(delta A) */
-                        sC += gyv[e] * hn[e];
-                        sB += gt * du[e];
-                        gsum[e] += gt * bn;
-                        gdA[e] += gx * An[e];
-                        gAn[e] += gx * dtv[e];
-                        gn[e] = gt * dA;
-                    }
-                    gCt[n] += sC;
-                    gBt[n] += sB;
+                for (int64_t e = 0; e < ec; e++) {
+                    const real gt = gn[e] + gyv[e] * cn; /* dL/dh_t */
+                    const real dA = pn[e];
+                    const real gx = gt * hp[e] * dA;     /* dL/d(delta A) */
+                    sC += gyv[e] * hn[e];
+                    sB += gt * du[e];
+                    gsum[e] += gt * bn;
+                    gdA[e] += gx * An[e];
+                    gAn[e] += gx * dtv[e];
+                    gn[e] = gt * dA;
                 }
-                real *restrict gut = a->gu + row, *restrict gdt = a->gdelta + row;
+                gCt[n] += sC;
+                gBt[n] += sB;
+            }
+            real *restrict gut = a->gu + row, *restrict gdt = a->gdelta + row;
+#pragma omp simd
+            for (int64_t e = 0; e < ec; e++) {
+                gut[e] = dtv[e] * gsum[e] + D[e0 + e] * gyv[e];
+                gdt[e] = gdA[e] + ut[e] * gsum[e];
+                gD[e0 + e] += gyv[e] * ut[e];
+            }
+            if (a->softplus) { /* softplus'(x) = sigmoid(x), 1 above the threshold */
+                const real *restrict dr = a->delta + row;
 #pragma omp simd
                 for (int64_t e = 0; e < ec; e++) {
-                    gut[e] = dtv[e] * gsum[e] + D[e0 + e] * gyv[e];
-                    gdt[e] = gdA[e] + ut[e] * gsum[e];
-                    gD[e0 + e] += gyv[e] * ut[e];
+                    const real x = dr[e] + (a->dbias ? a->dbias[e0 + e] : 0);
+                    gdt[e] *= x > 20 ? 1 : SFX(sigmoid)(x);
                 }
-                if (a->softplus) { /* softplus'(x) = sigmoid(x), 1 above the threshold */
-                    const real *restrict dr = a->delta + row;
+            }
+            if (gbias) {
 #pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) {
-                        const real x = dr[e] + (a->dbias ? a->dbias[e0 + e] : 0);
-                        gdt[e] *= x > 20 ? 1 : SFX(sigmoid)(x);
-                    }
-                }
-                if (gbias) {
-#pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) gbias[e0 + e] += gdt[e];
-                }
+                for (int64_t e = 0; e < ec; e++) gbias[e0 + e] += gdt[e];
             }
         }
     }
@@ -492,57 +489,55 @@ static void SFX(conv_fwd_row)(void *p, int64_t b, void *scratch) {
     SFX(cargs) *a = (SFX(cargs) *)p;
     real acc[EC];
     (void)scratch;
-        for (int64_t t = 0; t < a->L; t++)
-            for (int64_t e0 = 0; e0 < a->E; e0 += EC) {
-                const int64_t ec = a->E - e0 < EC ? a->E - e0 : EC;
-                SFX(conv_pre)(a, b, t, e0, ec, acc);
-                real *restrict o = a->out + (b * a->L + t) * a->E + e0;
-                if (a->silu) {
+    for (int64_t t = 0; t < a->L; t++)
+        for (int64_t e0 = 0; e0 < a->E; e0 += EC) {
+            const int64_t ec = a->E - e0 < EC ? a->E - e0 : EC;
+            SFX(conv_pre)(a, b, t, e0, ec, acc);
+            real *restrict o = a->out + (b * a->L + t) * a->E + e0;
+            if (a->silu) {
 #pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) o[e] = acc[e] * SFX(sigmoid)(acc[e]);
-                } else {
-                    memcpy(o, acc, sizeof(real) * (size_t)ec);
-                }
+                for (int64_t e = 0; e < ec; e++) o[e] = acc[e] * SFX(sigmoid)(acc[e]);
+            } else {
+                memcpy(o, acc, sizeof(real) * (size_t)ec);
             }
+        }
 }
 
 static void SFX(conv_bwd_row)(void *p, int64_t b, void *scratch) {
     SFX(cargs) *a = (SFX(cargs) *)p;
     real acc[EC];
     (void)scratch;
-    {
-        real *gw = a->gw_rows + b * a->K * a->E, *gb = a->gb_rows + b * a->E;
-        for (int64_t t = 0; t < a->L; t++)
-            for (int64_t e0 = 0; e0 < a->E; e0 += EC) {
-                const int64_t ec = a->E - e0 < EC ? a->E - e0 : EC;
-                const real *restrict go = a->gout + (b * a->L + t) * a->E + e0;
-                if (a->silu) { /* acc becomes dL/d(pre-activation) */
-                    SFX(conv_pre)(a, b, t, e0, ec, acc);
+    real *gw = a->gw_rows + b * a->K * a->E, *gb = a->gb_rows + b * a->E;
+    for (int64_t t = 0; t < a->L; t++)
+        for (int64_t e0 = 0; e0 < a->E; e0 += EC) {
+            const int64_t ec = a->E - e0 < EC ? a->E - e0 : EC;
+            const real *restrict go = a->gout + (b * a->L + t) * a->E + e0;
+            if (a->silu) { /* acc becomes dL/d(pre-activation) */
+                SFX(conv_pre)(a, b, t, e0, ec, acc);
 #pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) {
-                        const real sg = SFX(sigmoid)(acc[e]);
-                        acc[e] = go[e] * sg * (1 + acc[e] * (1 - sg));
-                    }
-                } else {
-                    memcpy(acc, go, sizeof(real) * (size_t)ec);
+                for (int64_t e = 0; e < ec; e++) {
+                    const real sg = SFX(sigmoid)(acc[e]);
+                    acc[e] = go[e] * sg * (1 + acc[e] * (1 - sg));
                 }
+            } else {
+                memcpy(acc, go, sizeof(real) * (size_t)ec);
+            }
 #pragma omp simd
-                for (int64_t e = 0; e < ec; e++) gb[e0 + e] += acc[e];
-                for (int64_t j = 0; j < a->K; j++) {
-                    const int64_t s = t - (a->K - 1) + j;
-                    if (s < 0) continue;
-                    const real *restrict xs = a->x + (b * a->L + s) * a->ldx + e0;
-                    const real *restrict wj = a->wT + j * a->E + e0;
-                    real *restrict gxs = a->gx + (b * a->L + s) * a->E + e0;
-                    real *restrict gwj = gw + j * a->E + e0;
+            for (int64_t e = 0; e < ec; e++) gb[e0 + e] += acc[e];
+            for (int64_t j = 0; j < a->K; j++) {
+                const int64_t s = t - (a->K - 1) + j;
+                if (s < 0) continue;
+                const real *restrict xs = a->x + (b * a->L + s) * a->ldx + e0;
+                const real *restrict wj = a->wT + j * a->E + e0;
+                real *restrict gxs = a->gx + (b * a->L + s) * a->E + e0;
+                real *restrict gwj = gw + j * a->E + e0;
 #pragma omp simd
-                    for (int64_t e = 0; e < ec; e++) {
-                        gxs[e] += wj[e] * acc[e];
-                        gwj[e] += xs[e] * acc[e];
-                    }
+                for (int64_t e = 0; e < ec; e++) {
+                    gxs[e] += wj[e] * acc[e];
+                    gwj[e] += xs[e] * acc[e];
                 }
             }
-    }
+        }
 }
 
 /* x: rows of E channels, ldx apart (a view of in_proj's output is fine);

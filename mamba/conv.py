@@ -50,7 +50,8 @@ class _ConvKernel(torch.autograd.Function):
         out = x.new_empty(b, l, e)  # (b, l, e)
         fwd = lib.conv_fwd_f32 if x.dtype == torch.float32 else lib.conv_fwd_f64
         p = _kernel.ptrs
-        fwd(*p(x), ldx, *p(wT, bias, out), b, l, e, k, int(silu), _kernel.threads(b * l * e * k))
+        if fwd(*p(x), ldx, *p(wT, bias, out), b, l, e, k, int(silu), _kernel.threads(b * l * e * k)):
+            _kernel.fail("causal_conv1d", "forward", (b, l, e, k))
         ctx.save_for_backward(x, wT, bias)
         ctx.ldx, ctx.silu = ldx, silu
         return out
@@ -69,7 +70,7 @@ class _ConvKernel(torch.autograd.Function):
         p = _kernel.ptrs
         if bwd(*p(x), ctx.ldx, *p(wT, bias, gout, gx, gwT, gb), b, l, e, k, int(ctx.silu),
                _kernel.threads(b * l * e * k)):
-            raise MemoryError(f"causal_conv1d: the C kernel could not allocate its scratch for shape {(b, l, e, k)}")
+            _kernel.fail("causal_conv1d", "backward", (b, l, e, k))
         return gx, gwT.t(), (None if bias is None else gb), None
 
 
@@ -78,8 +79,15 @@ def causal_conv1d(x, weight, bias=None, silu=False, backend: str | None = None):
     `silu` applies SiLU. `backend` as for `selective_scan`."""
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2]:
         raise ValueError(f"causal_conv1d: need x (b, l, e) and weight (e, k), got {tuple(x.shape)} and {tuple(weight.shape)}")
-    if {weight.dtype, x.dtype} | ({bias.dtype} if bias is not None else set()) != {x.dtype}:
-        raise ValueError("causal_conv1d: x, weight and bias must share one dtype")
+    tensors = [t for t in (x, weight, bias) if t is not None]
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:  # the C kernel would read another device's pointers
+        raise ValueError(f"causal_conv1d: x, weight and bias must be on one device, got {sorted(map(str, devices))}; "
+                         "move them with .to(device) first")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) != 1:
+        raise ValueError(f"causal_conv1d: x, weight and bias must share one dtype, got {sorted(map(str, dtypes))}; "
+                         "cast them first")
     if not use_kernel(backend, x, "causal_conv1d"):
         return causal_conv1d_ref(x, weight, bias, silu)
     return _ConvKernel.apply(x, weight, bias, silu)

@@ -125,11 +125,6 @@ def _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last
     return (y, h) if return_last_state else y
 
 
-def _fail(what, shape):
-    raise MemoryError(f"selective_scan: the C kernel could not allocate its scratch ({what}, shape {shape}); "
-                      "use a smaller batch or MAMBAFLOW_SCAN=torch")
-
-
 class _ScanKernel(torch.autograd.Function):
     """The fused C kernel; see `_scan_kernel.c` for the backward equations."""
 
@@ -149,7 +144,7 @@ class _ScanKernel(torch.autograd.Function):
         fwd = lib.scan_fwd_f32 if u.dtype == torch.float32 else lib.scan_fwd_f64
         if fwd(*_kernel.ptrs(u, delta, At, B, C, D, z, delta_bias, out, y_pre, h_last), b, l, e, n,
                int(delta_softplus), _kernel.threads(b * l * e * n)):
-            _fail("forward", (b, l, e, n))
+            _kernel.fail("selective_scan", "forward", (b, l, e, n))
         ctx.save_for_backward(u, delta, At, B, C, D, z, delta_bias, y_pre)
         ctx.delta_softplus = delta_softplus
         return (out, h_last) if return_last_state else out
@@ -172,7 +167,7 @@ class _ScanKernel(torch.autograd.Function):
         args = _kernel.ptrs(u, delta, At, B, C, D, z, delta_bias, y_pre, gout, gh_last,
                             gu, gdelta, gAt, gB, gC, gD, gz, gbias)
         if bwd(*args, b, l, e, n, int(ctx.delta_softplus), _kernel.threads(b * l * e * n)):
-            _fail("backward", (b, l, e, n))
+            _kernel.fail("selective_scan", "backward", (b, l, e, n))
         return gu, gdelta, gAt.t(), gB, gC, gD, gz, gbias, None, None, None
 
 
@@ -186,7 +181,12 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
     for name, t in given.items():
         if t is not None and tuple(t.shape) != expected[name]:
             raise ValueError(f"selective_scan: {name} must be {expected[name]} for u {tuple(u.shape)}, got {tuple(t.shape)}")
-    dtypes = {t.dtype for t in (u, delta, *given.values()) if t is not None}
+    tensors = [t for t in (u, delta, *given.values()) if t is not None]
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:  # the C kernel would read another device's pointers
+        raise ValueError(f"selective_scan: all inputs must be on one device, got {sorted(map(str, devices))}; "
+                         "move them with .to(device) first")
+    dtypes = {t.dtype for t in tensors}
     if len(dtypes) != 1:
         raise ValueError(f"selective_scan: all inputs must share one dtype, got {sorted(map(str, dtypes))}; cast them first")
 

@@ -22,7 +22,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from configs.schema import AugmentConfig
 
@@ -61,33 +60,31 @@ def warp_curves(b: int, length: int, f: int, cfg: AugmentConfig, generator: torc
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Smooth multiplicative curves (b, l, f) with mean 1 and std ~ warp_std."""
     knots = 1.0 + cfg.warp_std * torch.randn(b, cfg.warp_knots, f, generator=generator,
-                                              device=generator.device, dtype=torch.float64)  # (b, k, f)
-    w = torch.tensor(spline_weights(length, cfg.warp_knots), device=generator.device)  # (l, k), a copy
+                                              dtype=torch.float64)  # (b, k, f)
+    w = torch.tensor(spline_weights(length, cfg.warp_knots))  # (l, k), a copy
     return torch.einsum("lk,bkf->blf", w, knots).to(dtype)  # (b, l, f)
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """A new tensor (b, l, f): x with a share ``cfg.rate`` of its windows augmented."""
+    """A new tensor (b, l, f): x with a share ``cfg.rate`` of its windows augmented.
+
+    x and the generator are on the CPU: augmentation runs in the collate
+    function, before Lightning moves the batch to the accelerator.
+    """
     if cfg.rate == 0 or (cfg.noise_std == 0 and cfg.warp_std == 0 and cfg.dropout_p == 0):
         return x.clone()
     b, length, f = x.shape
-    dev = generator.device
-
-    def to_x(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=x.device)
-
     # Draws are made for every window, chosen or not, so one window's noise
     # does not depend on which others were chosen.
-    chosen = to_x(torch.rand(b, generator=generator, device=dev) < cfg.rate)  # (b,)
+    chosen = torch.rand(b, generator=generator) < cfg.rate  # (b,)
     aug = x
     if cfg.warp_std > 0:
-        aug = aug * to_x(warp_curves(b, length, f, cfg, generator, dtype=x.dtype))  # (b, l, f)
+        aug = aug * warp_curves(b, length, f, cfg, generator, dtype=x.dtype)  # (b, l, f)
     if cfg.noise_std > 0:
-        aug = aug + cfg.noise_std * to_x(torch.randn(b, length, f, generator=generator, device=dev,
-                                                     dtype=x.dtype))  # (b, l, f)
+        aug = aug + cfg.noise_std * torch.randn(b, length, f, generator=generator, dtype=x.dtype)  # (b, l, f)
     if cfg.dropout_p > 0:
-        keep = to_x(torch.rand(b, 1, f, generator=generator, device=dev) >= cfg.dropout_p)  # (b, 1, f)
-        aug = torch.where(keep, aug, torch.zeros((), dtype=x.dtype, device=x.device))
+        keep = torch.rand(b, 1, f, generator=generator) >= cfg.dropout_p  # (b, 1, f)
+        aug = torch.where(keep, aug, torch.zeros((), dtype=x.dtype))
     return torch.where(chosen[:, None, None], aug, x)  # (b, l, f), a new tensor
 
 
@@ -97,34 +94,20 @@ class AugmentCollate:
     Stacks ``(x, y)`` samples into ``(x (b, l, f), y (b, h))`` and augments x.
     The generator starts from ``seed`` and runs on across batches and epochs;
     ``set_epoch(e)`` restarts it from (seed, e), so a resumed run can replay an
-    epoch's augmentations. In DataLoader worker processes each worker draws
-    from its own stream (seed, epoch, worker id), not from a copy of the same one.
+    epoch's augmentations. One stream for the loader: training loads in the
+    main process (``num_workers=0``), where batches are collated in order.
     """
 
     def __init__(self, cfg: AugmentConfig, seed: int) -> None:
         self.cfg = cfg
         self.seed = int(seed)
-        self._epoch: int | None = None
-        self._worker: int | None = None
-        self._gen = self._make_generator(None)
-
-    def _make_generator(self, worker: int | None) -> torch.Generator:
-        seed = self.seed % 2**63
-        if self._epoch is not None or worker is not None:
-            key = [seed, 0 if self._epoch is None else self._epoch + 1, 0 if worker is None else worker + 1]
-            seed = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]) % 2**63
-        return torch.Generator().manual_seed(seed)
+        self._gen = torch.Generator().manual_seed(self.seed % 2**63)
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
-        self._gen = self._make_generator(self._worker)
+        key = np.random.SeedSequence([self.seed % 2**63, int(epoch)]).generate_state(1, dtype=np.uint64)[0]
+        self._gen = torch.Generator().manual_seed(int(key) % 2**63)
 
     def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        info = get_worker_info()
-        worker = info.id if info is not None else None
-        if worker != self._worker:
-            self._worker = worker
-            self._gen = self._make_generator(worker)
         x = torch.stack([torch.as_tensor(s[0]) for s in batch])  # (b, l, f)
         y = torch.stack([torch.as_tensor(s[1]) for s in batch])  # (b, h)
         return augment_batch(x, self.cfg, self._gen), y

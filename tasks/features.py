@@ -44,9 +44,9 @@ it, so the recursion starts where TA-Lib's does; the rows before the seed are
 masked to null. The work runs in six stages, so each recursion is computed
 once. A frame with a ``symbol`` column (symbols stacked, each symbol's rows
 together and in date order) is computed as one series with no grouping but
-for the recursions and running sums (see the comment above ``_seeded``), about
-four times as fast as one query per symbol; ``benchmarks/BENCH_FEATURES.md``
-has the numbers against TA-Lib.
+for the recursions and running sums (see the comment above ``_seeded``), which
+is faster than one query per symbol; ``benchmarks/bench_features.py`` times
+both against TA-Lib (its output is in ``benchmarks/BENCH_FEATURES.md``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ import functools
 import polars as pl
 
 from configs.schema import FeatureConfig
+from tasks.sources import BARS_COLUMNS
 
 INDICATOR_COLUMNS: tuple[str, ...] = (
     "norm_price", "ret_1", "log_ret_1",
@@ -66,9 +67,6 @@ INDICATOR_COLUMNS: tuple[str, ...] = (
     "obv", "vol_z_20", "atr_14",
 )
 
-BARS_COLUMNS: tuple[str, ...] = ("date", "open", "high", "low", "close", "volume")
-
-
 # ---------------------------------------------------------------- indicators
 
 # Stacked symbols are computed as one series, not one group at a time. A
@@ -78,17 +76,16 @@ BARS_COLUMNS: tuple[str, ...] = ("date", "open", "high", "low", "close", "volume
 # from row to row (the recursions, OBV's running sum, the first close, the
 # seeds) runs per symbol with ``.over("_blk")`` on a plain column: ``_blk``
 # numbers the symbols' contiguous blocks and is flagged sorted, so Polars
-# takes each group as a slice (ewm_mean: ~0.8 ms on 125 000 rows against
-# ~0.55 ms ungrouped; a when/then chain inside ``.over`` costs ~1.3 ms more,
-# hence the recursions' inputs are columns of their own, built a stage before).
+# takes each group as a slice rather than gathering its rows. Under ``.over``
+# a when/then chain costs more than a plain column, hence the recursions'
+# inputs are columns of their own, built a stage before.
 
 
 def _seeded(x: str, row: int, n: int, by: str | None) -> pl.Expr:
     """A recursion's input: up to ``row``, the mean of x over the n rows ending
     there (TA-Lib's seed), then x. Repeating the seed before ``row`` rather
-    than leaving nulls keeps ewm_mean on its faster no-null path (~0.2 ms a
-    column); ewm_mean leaves e unchanged while x equals it, and ``_WARMUP``
-    masks those rows."""
+    than leaving nulls keeps ewm_mean on its no-null path; ewm_mean leaves e
+    unchanged while x equals it, and ``_WARMUP`` masks those rows."""
     seed = pl.col(x).slice(row - n + 1, n).mean()
     return pl.when(pl.col("_i") <= row).then(seed.over(by) if by else seed).otherwise(pl.col(x))
 
@@ -104,7 +101,7 @@ def _ratio_or_null(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return pl.when(den != 0).then(num / den)
 
 
-def _larger(a: pl.Expr, b: pl.Expr) -> pl.Expr:  # ~4x faster than max_horizontal
+def _larger(a: pl.Expr, b: pl.Expr) -> pl.Expr:  # for two columns, cheaper than max_horizontal
     return pl.when(a >= b).then(a).otherwise(b)
 
 
@@ -115,9 +112,9 @@ def _smaller(a: pl.Expr, b: pl.Expr) -> pl.Expr:
 def _with_range_20(lf: pl.LazyFrame) -> pl.LazyFrame:
     """``_lo20``, ``_hi20``: the lowest low and the highest high of the last 20
     rows, by doubling: the extreme of 2w rows is the extreme of two adjacent
-    windows of w, and 20 rows are two overlapping windows of 16. Exact, and
-    ~3x faster than rolling_min/max on stacked symbols (~2 ms each on 125 000
-    rows), slower on one symbol's rows (five more stages to plan). One
+    windows of w, and 20 rows are two overlapping windows of 16. Exact; used
+    on stacked symbols, where it beats rolling_min/max, and not on one
+    symbol's rows, where its five extra stages cost more than they save. One
     ``with_columns`` per level: as one nested expression, level k would be
     evaluated 2**k times."""
     lf = lf.with_columns(_lo20=pl.col("low"), _hi20=pl.col("high"))
@@ -237,7 +234,7 @@ def _check_bars(bars: pl.DataFrame) -> None:
 
 @functools.cache
 def _stages(by: str | None) -> tuple[list[pl.Expr], ...]:
-    """The stages' expressions, built once (~0.5 ms a call, a quarter of one symbol's query)."""
+    """The stages' expressions, built once per path rather than on every call."""
     return tuple([e.alias(k) for k, e in stage(by).items()]
                  for stage in (_stage1, _stage2, _stage3, _stage4, _stage5, _stage6))
 
@@ -257,7 +254,7 @@ def indicators(bars: pl.DataFrame) -> pl.DataFrame:
         _lo20=pl.col("low").rolling_min(20), _hi20=pl.col("high").rolling_max(20))
     for exprs in _stages(by):
         lf = lf.with_columns(exprs)
-    # Polars 2 defaults to the streaming engine, ~5x slower on these small frames.
+    # Polars 2 defaults to the streaming engine, slower on frames this small.
     return lf.select(*keys, *INDICATOR_COLUMNS).collect(engine="in-memory")
 
 

@@ -3,16 +3,13 @@
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
 directly, not pyplot: no global state, no display, safe in worker threads.
 Each plot has a ``*_figure`` function that returns the Figure (what tests
-inspect) and a ``*_png`` function that writes it atomically (temp file +
-rename, so a reader never sees half a PNG).
+inspect) and a ``*_png`` function that writes it atomically (``tasks.atomic``: a
+reader never sees half a PNG).
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import os
-import secrets
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from tasks.atomic import atomic_write
 
 DPI = 100
 
@@ -116,20 +115,7 @@ def forecast_vs_actual_figure(
 
 def save_png(fig: Figure, path: str | Path) -> Path:
     """Write the figure as PNG at ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi))
 
 
 def learning_curve_png(epochs: list[dict], path: str | Path) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 from datetime import date, timedelta
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+
+from tasks.atomic import atomic_write
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,13 +111,20 @@ def load_bars(
         bars = synthetic_bars(symbol, seed)
     elif source == "yfinance":
         bars = _load_yfinance(symbol, start, end, cache_dir or DEFAULT_CACHE_DIR)
-    elif source.startswith("files:") and len(source) > len("files:"):
-        bars = _load_files(symbol, Path(source[len("files:"):]).expanduser())
+    elif (directory := files_dir(source)) is not None:
+        bars = _load_files(symbol, directory)
     else:
         raise SourceError(
             f"{symbol}: unknown source {source!r}; use sample, synthetic, yfinance or files:DIR"
         )
     return _select(bars, symbol, source, start, end, days)
+
+
+def files_dir(source: str) -> Path | None:
+    """The directory of a ``files:DIR`` source, with ``~`` expanded; None for any other source."""
+    if source.startswith("files:") and len(source) > len("files:"):
+        return Path(source[len("files:"):]).expanduser()
+    return None
 
 
 def _select(
@@ -177,13 +185,22 @@ def apply_adjustment(frame: pl.DataFrame) -> pl.DataFrame:
 # --- sample -----------------------------------------------------------------
 
 
+@cache
+def _sample_table() -> pl.DataFrame:
+    """The shipped sample file, read once per process rather than on every
+    sample load. Never returned as it is: ``_load_sample`` hands out a new
+    frame (filtered, selected, cast), so a caller that writes into its bars
+    cannot change what the next caller gets."""
+    return pl.read_parquet(SAMPLE_PATH)
+
+
 def _load_sample(symbol: str) -> pl.DataFrame:
     if symbol not in SAMPLE_SYMBOLS:
         raise SourceError(
             f"{symbol}: not in the shipped sample data ({', '.join(SAMPLE_SYMBOLS)}); "
             "use one of these, --source synthetic (any name) or --source yfinance"
         )
-    frame = pl.scan_parquet(SAMPLE_PATH).filter(pl.col("symbol") == symbol).collect()
+    frame = _sample_table().filter(pl.col("symbol") == symbol)
     return frame.select(BARS_COLUMNS).cast(BARS_SCHEMA)
 
 
@@ -357,11 +374,11 @@ def _to_float(col: pl.Series, symbol: str, where: str) -> pl.Series:
 
 
 def _raise_unconverted(before: pl.Series, after: pl.Series, symbol: str, where: str, want: str) -> None:
-    bad = before.filter(after.is_null() & before.is_not_null())
-    if bad.len():
-        row = int((after.is_null() & before.is_not_null()).arg_true()[0])
+    lost = after.is_null() & before.is_not_null()
+    if lost.any():
+        row = int(lost.arg_true()[0])
         raise SourceError(
-            f"{symbol}: {where}: column {before.name!r} row {row}: {bad[0]!r} is not {want}; fix the file"
+            f"{symbol}: {where}: column {before.name!r} row {row}: {before[row]!r} is not {want}; fix the file"
         )
 
 
@@ -523,12 +540,9 @@ def _read_cache(path: Path) -> tuple[pl.DataFrame, date | None, date] | None:
 
 
 def _write_cache(path: Path, bars: pl.DataFrame, start: date | None, end: date) -> None:
-    # Write beside, then rename: a crash never leaves a half-written cache.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Atomic: a crash leaves the previous cache whole, never half a file or a temporary one.
     meta = {_COVER_START: start.isoformat() if start else "", _COVER_END: end.isoformat()}
-    bars.write_parquet(tmp, metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: bars.write_parquet(tmp, metadata=meta))
 
 
 def _plan(
@@ -574,7 +588,7 @@ def _load_yfinance(symbol: str, start: date | None, end: date | None, cache_dir:
             bars = pl.concat([old.filter(pl.col("date") < frm), new])
             _write_cache(path, bars, have_start, to)
             return bars
-        mode, frm = "full", have_start
+        frm = have_start  # re-adjusted: fetch the whole cached range again
     bars = _fetch(symbol, frm or _YF_EARLIEST, to)
     _write_cache(path, bars, frm, to)
     return bars

@@ -42,7 +42,7 @@ from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
 from tasks.evaluate import evaluate_forecasts
 from tasks.features import build_features as _build_features
 from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markdown
-from tasks.sources import SourceError, bars_fingerprint, find_file, load_bars
+from tasks.sources import SourceError, bars_fingerprint, files_dir, find_file, load_bars
 from tasks.store import ResultsStore, package_versions, save_model
 from tasks.train import TrainResult, load_forecaster, predict_windows
 from tasks.train import train_model as _train_model
@@ -74,10 +74,11 @@ def _digest(*parts: Any) -> str:
 
 def _files_stamp(source: str, symbol: str) -> str:
     """Size and mtime of a ``files:DIR`` source file, so an edited file misses the cache."""
-    if not source.startswith("files:"):
+    folder = files_dir(source)
+    if folder is None:
         return ""
     try:
-        stat = find_file(symbol, Path(source[len("files:"):])).stat()
+        stat = find_file(symbol, folder).stat()
     except SourceError:
         return "missing"  # load_bars raises the clear error
     return f"{stat.st_size}:{stat.st_mtime_ns}"
@@ -105,9 +106,10 @@ def _retry_network_only(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="fetch_bars", task_run_name="fetch-{symbol}", cache_key_fn=fetch_key, persist_result=True,
       result_serializer=ParquetSerializer(), retries=3, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=_retry_network_only)
-def fetch_bars(symbol: str, data: DataConfig, cache_dir: Path) -> pl.DataFrame:
+def fetch_bars(symbol: str, data: DataConfig, results_dir: Path) -> pl.DataFrame:
+    """Bars of ``symbol``; live data is cached under ``RESULTS/cache/yfinance``."""
     return load_bars(symbol, data.source, start=data.start, end=data.end, days=data.days,
-                     cache_dir=cache_dir, seed=data.seed)
+                     cache_dir=results_dir / "cache" / "yfinance", seed=data.seed)
 
 
 @task(name="validate_bars", task_run_name="validate-{symbol}", cache_policy=NO_CACHE)
@@ -150,14 +152,13 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
         "symbol": symbol,
         "run_id": run_id,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": config.model.model_dump(mode="json"),
         "config": config.model_dump(mode="json"),
         "feature_names": list(windows.feature_names),
         "scaler": windows.scaler.to_dict(),
         "horizons": [int(h) for h in windows.horizons],
         "seq_len": int(windows.seq_len),
         "splits": {"train": span(windows.train), "val": span(windows.val), "test": span(windows.test)},
-        "windows": {"train": len(windows.train.x), "val": len(windows.val.x), "test": len(windows.test.x)},
+        "windows": {"train": len(windows.train), "val": len(windows.val), "test": len(windows.test)},
         "data_fingerprint": fingerprint,
         "quality": report.to_dict(),
         "versions": package_versions(),

@@ -30,7 +30,6 @@ only, never pickle.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import errno
 import json
 import os
@@ -49,7 +48,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from sqlalchemy import (
     Column, Connection, Date, DateTime, Float, ForeignKey, Integer, MetaData,
-    String, Table, Text, create_engine, delete, event, select, update,
+    String, Table, Text, create_engine, delete, event, func, select, update,
 )
 
 from tasks.evaluate import EVALUATION_KEYS
@@ -162,19 +161,13 @@ def _as_date(v: Any, key: str) -> dt.date:
 
 
 def _json_default(o: Any) -> Any:
-    """What json.dumps cannot encode by itself, made JSON; anything else raises."""
-    if isinstance(o, (dt.date, dt.datetime, dt.time)):
+    """Dates (and datetimes) as ISO strings, numpy values as numbers or lists:
+    what the callers' configs and metadata hold besides JSON itself. Anything
+    else raises."""
+    if isinstance(o, dt.date):
         return o.isoformat()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, (np.generic, np.ndarray, torch.Tensor)):
+    if isinstance(o, (np.generic, np.ndarray)):
         return o.tolist()
-    if isinstance(o, enum.Enum):
-        return o.value
-    if isinstance(o, (set, frozenset)):
-        return sorted(o)
-    if hasattr(o, "model_dump"):  # pydantic models, e.g. the run's Config
-        return o.model_dump(mode="json")
     raise TypeError(
         f"{type(o).__name__} is not JSON ({o!r:.80}); convert it to str, number, list or dict"
     )
@@ -348,6 +341,9 @@ class ResultsStore:
     def symbol_runs(self, run_id: str | None = None) -> list[dict]:
         q = select(SYMBOL_RUNS).order_by(SYMBOL_RUNS.c.run_id, SYMBOL_RUNS.c.symbol)
         rows = self._read(q if run_id is None else q.where(SYMBOL_RUNS.c.run_id == run_id))
+        return self._with_absolute_paths(rows)
+
+    def _with_absolute_paths(self, rows: list[dict]) -> list[dict]:
         for r in rows:
             r["model_path"] = r["model_path"] and str(self.results_dir / r["model_path"])
         return rows
@@ -365,14 +361,23 @@ class ResultsStore:
         q = select(t).order_by(t.c.as_of, t.c.symbol, t.c.horizon, t.c.model_run_id)
         return self._read(q if symbol is None else q.where(t.c.symbol == symbol))
 
-    def latest_model(self, symbol: str) -> Path | None:
-        """Model directory of the symbol's most recently finished completed run, if any."""
+    def latest_completed(self, symbols: list[str]) -> dict[str, dict]:
+        """For each of ``symbols`` that has one, its most recently finished
+        completed symbol_run with a model (ties: the larger run id), as
+        ``symbol_runs`` returns rows (model_path absolute). One query."""
         t = SYMBOL_RUNS
-        q = (select(t.c.model_path)
-             .where(t.c.symbol == symbol, t.c.status == "completed", t.c.model_path.is_not(None))
-             .order_by(t.c.finished_at.desc(), t.c.run_id.desc()).limit(1))
-        rows = self._read(q)
-        return self.results_dir / rows[0]["model_path"] if rows else None
+        rank = func.row_number().over(partition_by=t.c.symbol,
+                                      order_by=(t.c.finished_at.desc(), t.c.run_id.desc()))
+        ranked = (select(t, rank.label("rank"))
+                  .where(t.c.symbol.in_(list(symbols)), t.c.status == "completed", t.c.model_path.is_not(None))
+                  .subquery())
+        q = select(*(ranked.c[c.name] for c in t.c)).where(ranked.c["rank"] == 1).order_by(ranked.c.symbol)
+        return {r["symbol"]: r for r in self._with_absolute_paths(self._read(q))}
+
+    def latest_model(self, symbol: str) -> Path | None:
+        """Model directory of the symbol's most recently finished completed run with a model, if any."""
+        row = self.latest_completed([symbol]).get(symbol)
+        return Path(row["model_path"]) if row else None
 
     def _relative(self, path: str | Path) -> str:
         p = Path(path).resolve()

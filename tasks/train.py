@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from configs.schema import AugmentConfig, ModelConfig, TrainingConfig
 from mamba.lit import LitMambaForecaster
 from mamba.model import MambaForecaster
+from tasks.atomic import atomic_write
 from tasks.augment import AugmentCollate
 from tasks.windows import Windows
 
@@ -105,9 +106,8 @@ class BestWeights(Callback):
         val = m.get("val_loss", math.inf)
         if val < self.best:
             self.best, self.best_epoch = val, trainer.current_epoch
-            tmp = self.path.with_suffix(".tmp")
-            save_file({k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}, str(tmp))
-            os.replace(tmp, self.path)
+            state = {k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}
+            atomic_write(self.path, lambda tmp: save_file(state, str(tmp)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "rows": self.rows}

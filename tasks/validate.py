@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from tasks.sources import BARS_SCHEMA, PRICE_COLUMNS
+from tasks.sources import BARS_COLUMNS, BARS_SCHEMA, PRICE_COLUMNS
 
-_NUMERIC = (*PRICE_COLUMNS, "volume")
+_NUMERIC = BARS_COLUMNS[1:]  # all but date
 _SHOW = 3  # offending rows quoted in a message
 
 # The fix for each blocking check, appended to its error message.
@@ -175,11 +175,10 @@ def _check_rows(bars: pl.DataFrame, min_rows: int) -> Check:
 
 
 def _check_nulls(bars: pl.DataFrame) -> Check:
-    cols = ("date", *_NUMERIC)
     mask = pl.any_horizontal(
         pl.col("date").is_null(), *[pl.col(c).is_null() | pl.col(c).is_nan() for c in _NUMERIC]
     )
-    n, first = _rows(bars, mask, cols)
+    n, first = _rows(bars, mask, BARS_COLUMNS)
     if n:
         return _fail("no_nulls", f"{n} rows with null/NaN: {first}")
     return _ok("no_nulls", "no null or NaN")

@@ -45,7 +45,7 @@ def test_forecasts_every_horizon_from_the_latest_window(trained):
     frame = build_features(bars).select(meta["feature_names"]).tail(meta["seq_len"]).to_numpy()
     scaled = (frame - np.array(meta["scaler"]["mean"])) / np.array(meta["scaler"]["std"])
     from tasks.train import load_forecaster
-    net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], meta["model"])
+    net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], meta["config"]["model"])
     with torch.no_grad():
         expect = net(torch.from_numpy(scaled[None].astype(np.float32)))[0].numpy()
     np.testing.assert_allclose([r["predicted_return"] for r in rows], expect, rtol=1e-5, atol=1e-7)

@@ -49,8 +49,13 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
         assert meta["data_fingerprint"] == r["data_fingerprint"]
         assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
         assert sum(v.numel() for v in state.values()) == r["parameters"]
+        for png in ("learning_curve.png", "forecast_vs_actual.png"):
+            assert (Path(r["model_path"]) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # the work directory (checkpoints) is gone once the symbol completed
         assert not (tmp_path / "work" / r["symbol"]).exists()
+    # the default store is an ordinary SQLite file other tools can read
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        assert db.execute("select count(*) from evaluations where symbol = 'BBB'").fetchone() == (4,)
 
 
 def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
@@ -74,6 +79,14 @@ def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training.epocs" in err
     assert not (tmp_path / "store.db").exists()  # failed before any work
+
+
+def test_unknown_feature_column_exits_2_before_any_work(tmp_path, capsys):
+    cfg = tmp_path / "cols.yaml"
+    cfg.write_text("features:\n  columns: [ret_1, rsi_15]\n")
+    assert main(["--config", str(cfg), "--results", str(tmp_path)]) == 2
+    assert "rsi_15" in capsys.readouterr().err
+    assert not (tmp_path / "store.db").exists()
 
 
 def test_bad_flag_value_exits_2(tmp_path, capsys):
@@ -161,14 +174,6 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     # ... unless the config changed
     changed = tiny_config(tmp_path / "resumed", ["AAA"], epochs=3, patience=10)
     assert train_universe(changed, resume=True)[0]["model_path"] != resumed["model_path"]
-
-
-def test_store_rows_are_readable_with_plain_sqlite(tmp_path):
-    """The default store is an ordinary SQLite file other tools can read."""
-    train_universe(tiny_config(tmp_path, ["CCC"]))
-    with sqlite3.connect(tmp_path / "store.db") as db:
-        (count,) = db.execute("select count(*) from evaluations where symbol = 'CCC'").fetchone()
-    assert count == 4
 
 
 def _tiny_yaml(tmp_path: Path) -> Path:

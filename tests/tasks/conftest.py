@@ -9,8 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-BARS_SCHEMA = {"date": pl.Date, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64,
-               "close": pl.Float64, "volume": pl.Float64}
+from tasks.sources import BARS_SCHEMA, load_bars
 
 
 def business_days(n: int, start: dt.date = dt.date(2001, 1, 1)) -> list[dt.date]:
@@ -50,18 +49,7 @@ def make_bars() -> Callable[..., pl.DataFrame]:
 
 
 def load_sample(symbol: str) -> pl.DataFrame:
-    """Real adjusted daily bars: ``tasks.sources`` when present, else bokeh_sampledata."""
-    try:
-        from tasks.sources import load_bars
-    except ImportError:
-        import bokeh_sampledata.stocks as stocks
-
-        raw = pl.DataFrame(getattr(stocks, symbol)).with_columns(pl.col("date").str.to_date())
-        k = pl.col("adj_close") / pl.col("close")
-        return raw.sort("date").select(
-            "date", *[(pl.col(c) * k).alias(c) for c in ("open", "high", "low", "close")],
-            (pl.col("volume").cast(pl.Float64) / k).alias("volume"),
-        )
+    """Real adjusted daily bars, as the ``sample`` source ships them."""
     return load_bars(symbol, "sample")
 
 

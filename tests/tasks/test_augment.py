@@ -44,6 +44,11 @@ def test_set_epoch_replays_an_epoch():
     _, _, again = loader_batches(col)
     assert all(torch.equal(p[0], q[0]) for p, q in zip(first, again))
     assert not torch.equal(first[0][0], other[0][0])
+    col.set_epoch(5)  # another epoch, another stream; not the seed's own either
+    _, _, fifth = loader_batches(col)
+    _, _, fresh = loader_batches(AugmentCollate(FULL, seed=3))
+    assert not torch.equal(fifth[0][0], first[0][0]) and not torch.equal(fifth[0][0], fresh[0][0])
+    assert not torch.equal(first[0][0], fresh[0][0])
 
 
 @pytest.mark.parametrize("cfg", [

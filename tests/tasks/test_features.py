@@ -59,6 +59,16 @@ def assert_matches_talib(ours: pl.DataFrame, bars: pl.DataFrame) -> None:
         assert not np.isnan(a[~null]).any() and np.isfinite(a[~null]).all(), col
 
 
+def assert_same_as_one_symbol(mine: pl.DataFrame, one: pl.DataFrame, sym: str, columns: tuple[str, ...]) -> None:
+    """A symbol's rows of a stacked computation against the same computation on its bars alone."""
+    assert mine.height == one.height, sym
+    for col in columns:
+        a, b = mine[col].to_numpy(), one[col].to_numpy()  # nulls -> nan
+        assert np.array_equal(np.isnan(a), np.isnan(b)), (sym, col)
+        ok = ~np.isnan(b)
+        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-12, atol=1e-13, err_msg=f"{sym} {col}")
+
+
 @pytest.mark.parametrize("symbol", ["AAPL", "MSFT", "IBM", "GOOG"])
 def test_indicators_match_talib_on_sample_data(sample_bars, symbol):
     bars = sample_bars(symbol)
@@ -134,13 +144,8 @@ def test_stacked_symbols_equal_one_symbol_at_a_time(make_bars):
     out = indicators(stacked)
     assert out.columns == ["symbol", "date", *INDICATOR_COLUMNS] and out.height == stacked.height
     for sym, bars in parts.items():
-        one = indicators(bars)
         mine = out.filter(pl.col("symbol") == sym).drop("symbol")
-        for col in INDICATOR_COLUMNS:
-            a, b = mine[col].to_numpy(), one[col].to_numpy()
-            assert np.array_equal(np.isnan(a), np.isnan(b)), (sym, col)
-            ok = ~np.isnan(b)
-            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-12, atol=1e-13, err_msg=f"{sym} {col}")
+        assert_same_as_one_symbol(mine, indicators(bars), sym, INDICATOR_COLUMNS)
 
 
 def test_stacked_symbols_do_not_leak_into_each_other(make_bars):
@@ -160,12 +165,7 @@ def test_stacked_symbols_do_not_leak_into_each_other(make_bars):
     for sym, bars in parts.items():
         mine = out.filter(pl.col("symbol") == sym).drop("symbol")
         assert_matches_talib(mine, bars)
-        one = indicators(bars)
-        for col in INDICATOR_COLUMNS:
-            a, b = mine[col].to_numpy(), one[col].to_numpy()
-            assert np.array_equal(np.isnan(a), np.isnan(b)), (sym, col)
-            ok = ~np.isnan(b)
-            np.testing.assert_allclose(a[ok], b[ok], rtol=1e-12, atol=1e-13, err_msg=f"{sym} {col}")
+        assert_same_as_one_symbol(mine, indicators(bars), sym, INDICATOR_COLUMNS)
     # a one-bar symbol has only its first close and its volume as OBV
     row = out.filter(pl.col("symbol") == "ONE").row(0, named=True)
     assert [c for c in INDICATOR_COLUMNS if row[c] is not None] == ["norm_price", "obv"]
@@ -267,9 +267,7 @@ def test_build_features_on_stacked_symbols(make_bars):
     out = build_features(stacked)
     assert out.columns == ["symbol", "date", "close", *FEATURE_COLUMNS]
     for sym, bars in parts.items():
-        one = build_features(bars)
         mine = out.filter(pl.col("symbol") == sym).drop("symbol")
         assert mine.height == bars.height - WARMUP_ROWS
-        for col in FEATURE_COLUMNS:
-            np.testing.assert_allclose(mine[col].to_numpy(), one[col].to_numpy(), rtol=1e-12, atol=1e-13,
-                                       err_msg=f"{sym} {col}")
+        assert mine["date"].equals(bars["date"][WARMUP_ROWS:]) and mine["close"].equals(bars["close"][WARMUP_ROWS:])
+        assert_same_as_one_symbol(mine, build_features(bars), sym, FEATURE_COLUMNS)

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-import tasks.plots as plots_mod
+import tasks.atomic as atomic_mod
 from tasks.plots import (
     forecast_vs_actual_figure, forecast_vs_actual_png, learning_curve_figure,
     learning_curve_png, png_to_markdown,
@@ -113,7 +113,7 @@ def test_png_write_is_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(plots_mod.os, "replace", crash)
+    monkeypatch.setattr(atomic_mod.os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
         learning_curve_png(EPOCHS[:2], path)
     assert path.read_bytes() == before                      # the old plot stays whole

@@ -14,10 +14,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
 import tasks.store as store_mod
-from tasks.evaluate import evaluate_forecasts
+from tasks.evaluate import EVALUATION_KEYS, evaluate_forecasts
 from tasks.store import (
     METADATA_FILE, WEIGHTS_FILE, ModelFileError, ResultsStore, load_model,
-    package_versions, save_model,
+    package_versions, save_model, to_json,
 )
 
 UTC = dt.timezone.utc
@@ -201,6 +201,34 @@ def test_latest_model_picks_latest_completed(store):
     assert store.latest_model("GOOG") is None
 
 
+def test_latest_completed_one_query_latest_completed_row_per_symbol(store):
+    t0 = dt.datetime(2025, 1, 1, tzinfo=UTC)
+    outcomes = [  # (run, symbol, status, day finished)
+        ("r1", "AAPL", "completed", 1), ("r2", "AAPL", "completed", 3), ("r3", "AAPL", "failed", 5),
+        ("r1", "MSFT", "completed", 2), ("r2", "MSFT", "failed", 4),
+        ("r1", "GOOG", "completed", 2), ("r2", "GOOG", "completed", 2),   # a tie: the larger run id
+        ("r3", "NVDA", "failed", 5),
+        ("r3", "IBM", "completed", 9),                                    # not asked for
+    ]
+    for rid in ("r1", "r2", "r3"):
+        store.start_run(rid, {}, [])
+    for rid, sym, status, day in outcomes:
+        store.record_symbol(rid, sym, status, error="boom" if status == "failed" else None,
+                            model_path=store.results_dir / "models" / sym / rid,
+                            finished_at=t0 + dt.timedelta(days=day))
+    selects = []
+    sa.event.listen(store.engine, "before_cursor_execute",
+                    lambda conn, cursor, sql, *a: selects.append(sql) if sql.lstrip().startswith("SELECT") else None)
+    got = store.latest_completed(["AAPL", "MSFT", "GOOG", "NVDA", "TSLA"])
+    assert len(selects) == 1
+    assert {s: r["run_id"] for s, r in got.items()} == {"AAPL": "r2", "MSFT": "r1", "GOOG": "r2"}
+    # the rows are symbol_runs' rows, model path absolute
+    every = {(r["run_id"], r["symbol"]): r for r in store.symbol_runs()}
+    assert got == {s: every[(r["run_id"], s)] for s, r in got.items()}
+    assert got["AAPL"]["model_path"] == str(store.results_dir / "models" / "AAPL" / "r2")
+    assert store.latest_completed([]) == {}
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
 def test_concurrent_writes_from_threads_all_land(tmp_path, shared):
     main = ResultsStore(tmp_path)
@@ -239,9 +267,27 @@ def test_concurrent_writes_from_threads_all_land(tmp_path, shared):
 
 
 def test_schema_compiles_for_postgresql():
-    for table in store_mod._meta.sorted_tables:
-        ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
-        assert "TIMESTAMP WITH TIME ZONE" in ddl or table.name in ("epoch_metrics", "evaluations")
+    def ddl_rows(name: str) -> set[str]:
+        ddl = str(CreateTable(store_mod._meta.tables[name]).compile(dialect=postgresql.dialect()))
+        return {row.strip().rstrip(",").strip() for row in ddl.splitlines()}
+
+    key = {"runs": "run_id", "symbol_runs": "run_id, symbol", "epoch_metrics": "run_id, symbol, epoch",
+           "evaluations": "run_id, symbol, horizon", "predictions": "model_run_id, symbol, as_of, horizon"}
+    stamps = {"runs": {"started_at TIMESTAMP WITH TIME ZONE NOT NULL", "finished_at TIMESTAMP WITH TIME ZONE"},
+              "symbol_runs": {"started_at TIMESTAMP WITH TIME ZONE", "finished_at TIMESTAMP WITH TIME ZONE"},
+              "epoch_metrics": set(), "evaluations": set(),
+              "predictions": {"created_at TIMESTAMP WITH TIME ZONE NOT NULL"}}
+    assert set(store_mod._meta.tables) == set(key)
+    for name, columns in key.items():
+        rows = ddl_rows(name)
+        assert f"PRIMARY KEY ({columns})" in rows, name
+        assert {r for r in rows if "TIMESTAMP" in r} == stamps[name], name   # times keep their zone
+    # the per-epoch and per-horizon tables: integer keys, float metrics, tied to runs
+    epochs, evals = ddl_rows("epoch_metrics"), ddl_rows("evaluations")
+    metrics = ("train_loss", "val_loss", "train_mae", "val_mae", "lr", "seconds")
+    assert {"epoch INTEGER NOT NULL", *(f"{c} FLOAT" for c in metrics)} <= epochs
+    assert {"horizon INTEGER NOT NULL", "n INTEGER NOT NULL", *(f"{k} FLOAT" for k in EVALUATION_KEYS[2:])} <= evals
+    assert all("FOREIGN KEY(run_id) REFERENCES runs (run_id)" in r for r in (epochs, evals))
 
 
 # ---------------------------------------------------------------- model files
@@ -348,7 +394,13 @@ def test_load_refuses_missing_or_bad_metadata(tmp_path):
         load_model(tmp_path / "nowhere")
 
 
-def test_json_text_of_metadata_is_standard(tmp_path):
-    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
-    text = (path / METADATA_FILE).read_text()
-    assert json.loads(text)["splits"]["train"][0] == "2020-01-02"
+def test_to_json_takes_dates_and_numpy_and_refuses_the_rest():
+    value = {"b": [dt.date(2020, 1, 2), dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)],
+             "a": {"n": np.int64(3), "x": np.float32(0.5), "v": np.arange(3.0), "ok": np.bool_(True)}}
+    text = to_json(value)
+    assert json.loads(text) == {"a": {"n": 3, "x": 0.5, "v": [0.0, 1.0, 2.0], "ok": True},
+                                "b": ["2020-01-02", "2020-01-02T03:04:05+00:00"]}
+    assert text.index('"a"') < text.index('"b"')                 # keys sorted
+    for bad in (Path("x"), {1, 2}, torch.tensor(1.0)):
+        with pytest.raises(TypeError, match=f"{type(bad).__name__} is not JSON"):
+            to_json({"k": bad})

@@ -71,7 +71,8 @@ def test_embargo_and_chronology(seq_len, horizons, val_frac, test_frac, stride):
         first_input_date = dates[first_end - seq_len + 1]
         # No target of the earlier part reaches the later part's inputs (or targets).
         assert last_target_date < first_input_date
-        assert first_end - last_end >= big  # the wording, implied by the above
+        if stride == 1:  # and no wider than that: the next inputs start right after the last target
+            assert first_end - seq_len + 1 == last_end + big + 1
     # The last test window uses the last row as its largest-horizon target.
     assert row_of(frame, w.test.end_dates[-1]) + big == frame.height - 1
     n = len(w.train) + len(w.val) + len(w.test)
