@@ -163,3 +163,14 @@ def threads(work: int) -> int:
     calls such as one recurrent step; rows are independent and each is done by
     one thread, so results do not depend on this number."""
     return 1 if work < 1 << 15 else torch.get_num_threads()
+
+
+def check_same_device_and_dtype(who: str, what: str, tensors: list[torch.Tensor]) -> None:
+    """One device (the C kernel would read another device's pointers) and one dtype."""
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"{who}: {what} must be on one device, got {sorted(map(str, devices))}; "
+                         "move them with .to(device) first")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) != 1:
+        raise ValueError(f"{who}: {what} must share one dtype, got {sorted(map(str, dtypes))}; cast them first")

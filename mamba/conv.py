@@ -79,15 +79,8 @@ def causal_conv1d(x, weight, bias=None, silu=False, backend: str | None = None):
     `silu` applies SiLU. `backend` as for `selective_scan`."""
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[2]:
         raise ValueError(f"causal_conv1d: need x (b, l, e) and weight (e, k), got {tuple(x.shape)} and {tuple(weight.shape)}")
-    tensors = [t for t in (x, weight, bias) if t is not None]
-    devices = {t.device for t in tensors}
-    if len(devices) != 1:  # the C kernel would read another device's pointers
-        raise ValueError(f"causal_conv1d: x, weight and bias must be on one device, got {sorted(map(str, devices))}; "
-                         "move them with .to(device) first")
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) != 1:
-        raise ValueError(f"causal_conv1d: x, weight and bias must share one dtype, got {sorted(map(str, dtypes))}; "
-                         "cast them first")
+    _kernel.check_same_device_and_dtype("causal_conv1d", "x, weight and bias",
+                                        [t for t in (x, weight, bias) if t is not None])
     if not use_kernel(backend, x, "causal_conv1d"):
         return causal_conv1d_ref(x, weight, bias, silu)
     return _ConvKernel.apply(x, weight, bias, silu)

@@ -181,14 +181,8 @@ def _check(u, delta, A, B, C, D, z, delta_bias):
     for name, t in given.items():
         if t is not None and tuple(t.shape) != expected[name]:
             raise ValueError(f"selective_scan: {name} must be {expected[name]} for u {tuple(u.shape)}, got {tuple(t.shape)}")
-    tensors = [t for t in (u, delta, *given.values()) if t is not None]
-    devices = {t.device for t in tensors}
-    if len(devices) != 1:  # the C kernel would read another device's pointers
-        raise ValueError(f"selective_scan: all inputs must be on one device, got {sorted(map(str, devices))}; "
-                         "move them with .to(device) first")
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) != 1:
-        raise ValueError(f"selective_scan: all inputs must share one dtype, got {sorted(map(str, dtypes))}; cast them first")
+    _kernel.check_same_device_and_dtype("selective_scan", "all inputs",
+                                        [t for t in (u, delta, *given.values()) if t is not None])
 
 
 def use_kernel(backend: str | None, x: torch.Tensor, who: str = "selective_scan") -> bool:
