@@ -7,6 +7,7 @@ inputs are not permitted`` so a typo fails before any work is done.
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -24,16 +25,6 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema (exit code 2)."""
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config")
@@ -46,11 +37,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read ``path`` (default ``configs/default.yaml``), deep-merge ``overrides``
-    (nested dicts, e.g. ``{"training": {"epochs": 3}}``) and validate."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    raw = _deep_merge(_read_yaml(path), overrides or {})
+#: The overrides every entry point offers (CLI flag, Prefect UI parameter,
+#: deployment parameter), by name, and the config key each one sets.
+OVERRIDE_KEYS: dict[str, str] = {
+    "symbols": "run.symbols", "source": "data.source", "days": "data.days",
+    "epochs": "training.epochs", "batch_size": "training.batch_size", "seed": "training.seed",
+    "threads": "training.threads", "parallel": "run.parallel",
+    "results_dir": "run.results_dir", "store_url": "run.store_url",
+}
+
+
+def _validate(raw: dict[str, Any], where: str | Path) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -58,7 +55,59 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']} (got {err.get('input')!r})"
             for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{where}: {problems}") from exc
+
+
+def _dotted(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training": {"epochs": 3}}`` and ``{"training.epochs": 3}`` alike as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out |= _dotted(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any] | None, where: str = "overrides") -> Config:
+    """``config`` with ``overrides`` applied and the whole validated again.
+
+    ``overrides`` maps dotted keys (``"training.epochs"``) or nested sections
+    to values; None keeps the config's value (an empty CLI flag or UI field).
+    Every entry point goes through here: the CLIs, the flows' UI parameters,
+    the deployments. Errors name the key: ``overrides: training.epocs: Extra
+    inputs are not permitted``.
+    """
+    raw = config.model_dump()
+    for key, value in _dotted(overrides or {}).items():
+        if value is None:
+            continue
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            child = node.get(section)
+            if not isinstance(child, dict):
+                raise ConfigError(f"{where}: {key}: {section!r} is not a config section; "
+                                  f"sections are {', '.join(Config.model_fields)}")
+            node = child
+        node[leaf] = value
+    return _validate(raw, where)
+
+
+def named_overrides(**values: Any) -> dict[str, Any]:
+    """``named_overrides(epochs=3, source=None)`` -> ``{"training.epochs": 3}``
+    (names of ``OVERRIDE_KEYS``; None is left out)."""
+    unknown = sorted(set(values) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown override(s) {unknown}; known: {', '.join(OVERRIDE_KEYS)}")
+    return {OVERRIDE_KEYS[k]: v for k, v in values.items() if v is not None}
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read ``path`` (default ``configs/default.yaml``), validate it on its own
+    (so a flag cannot mask a broken file), then apply ``overrides``."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    return apply_overrides(_validate(_read_yaml(path), path), overrides, f"{path} + overrides")
 
 
 def load_universes(path: Path = UNIVERSES) -> dict[str, list[str]]:

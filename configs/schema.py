@@ -23,7 +23,8 @@ class DataConfig(_Section):
 
     source: str = Field(
         "sample",
-        description="sample | synthetic | yfinance | files:DIR",
+        min_length=1,
+        description="sample | synthetic | yfinance | files:DIR (checked by tasks.sources.check_source)",
     )
     days: int | None = Field(
         None, ge=1, description="keep only the last N trading days (after start/end)"
@@ -31,15 +32,6 @@ class DataConfig(_Section):
     start: dt.date | None = None
     end: dt.date | None = None
     seed: int = Field(0, description="seed of the synthetic market (source: synthetic)")
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, v: str) -> str:
-        if v in ("sample", "synthetic", "yfinance") or (v.startswith("files:") and len(v) > 6):
-            return v
-        raise ValueError(
-            f"unknown source {v!r}; use sample, synthetic, yfinance or files:DIR"
-        )
 
     @model_validator(mode="after")
     def _ordered(self) -> "DataConfig":
@@ -99,6 +91,8 @@ class TrainingConfig(_Section):
     lr_patience: int = Field(3, ge=0, description="ReduceLROnPlateau patience (epochs)")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     seed: int = 42
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per trainer; None: the cores shared by run.parallel trainers")
     device: Literal["cpu", "gpu", "auto"] = "cpu"
     precision: Literal["32-true", "64-true", "bf16-mixed", "16-mixed"] = "32-true"
 

@@ -18,19 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from configs.load import TEST_CONFIG, ConfigError, load_config, resolve_symbols
+from configs.load import TEST_CONFIG, ConfigError, load_config
 from configs.schema import Config
+from flows.cli import add_flags, check_run, flag_overrides
+from flows.fanout import error_text, for_each_symbol
 from flows.report import text_table
 from tasks import steps
-from tasks.features import WARMUP_ROWS, feature_names
-from tasks.sources import validate_symbol
+from tasks.plan import min_train_bars
+from tasks.sources import bars_fingerprint, validate_symbol
 from tasks.store import ResultsStore
-from tasks.windows import required_rows
 
 
 def _outcome(symbol: str, status: str, **kw: Any) -> dict[str, Any]:
@@ -47,36 +46,26 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     validate_symbol(symbol)  # before the symbol touches any path
     results = Path(config.run.results_dir).resolve()
     cached = {"result_storage": results / "prefect"}
-    w = config.windows
-    min_rows = required_rows(w.seq_len, w.horizons, w.val_frac, w.test_frac) + WARMUP_ROWS
 
     bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results)
-    report = steps.validate_bars(bars, symbol, min_rows)
-    frame = steps.build_features.with_options(**cached)(bars, config.features, symbol)
-    windows = steps.make_windows(frame, w, symbol)
+    report = steps.validate_bars(bars, symbol, min_train_bars(config))
+    fingerprint = bars_fingerprint(bars)
+    frame = steps.build_features.with_options(**cached)(bars, config.features, symbol, fingerprint)
+    windows = steps.make_windows(frame, config.windows, symbol)
     log.info("%s: %d bars %s..%s, windows train/val/test %d/%d/%d", symbol, bars.height, bars["date"][0],
              bars["date"][-1], len(windows.train), len(windows.val), len(windows.test))
     workdir = results / "work" / symbol
     trained = steps.train_model(windows, config, symbol, workdir, resume)
     evaluation, pred = steps.evaluate_model(trained, config, windows, symbol)
-    fingerprint = steps.bars_fingerprint(bars)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     seconds = time.perf_counter() - t0
-    store = ResultsStore(results, config.run.store_url)
-    try:
+    with ResultsStore(results, config.run.store_url) as store:
         model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
-    finally:
-        store.close()
     steps.publish_plots(symbol, model_dir, trained, windows, pred, evaluation)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
                     skill={r["horizon"]: r["skill_zero"] for r in evaluation}, seconds=seconds,
                     model_path=str(model_dir))
-
-
-@task(name="symbol", task_run_name="symbol-{symbol}")
-def run_symbol(symbol: str, config: Config, run_id: str, resume: bool) -> dict[str, Any]:
-    return train_symbol(symbol, config, run_id, resume)
 
 
 def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) -> dict[str, dict[str, Any]]:
@@ -97,40 +86,47 @@ def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[s
                     skill=skill, seconds=0.0, model_path=row["model_path"])
 
 
-@flow(name="train-universe")
-def train_universe(config: Config = Config(), resume: bool = False) -> list[dict[str, Any]]:
-    """Train every symbol of ``config.run.symbols`` (tickers or universe names)."""
+def run_symbols(config: Config, subflow: Flow, resume: bool = False) -> list[dict[str, Any]]:
+    """A training run: ``subflow(symbol, config, run_id, resume)`` per symbol of
+    ``config.run.symbols``, with the run's rows in the store (a failed symbol
+    with its reason) and a summary artifact. ``train_universe`` and the
+    nightly flow are this with their own per-symbol subflow."""
     log = get_run_logger()
-    symbols = resolve_symbols(config.run.symbols)
-    store = ResultsStore(config.run.results_dir, config.run.store_url)
-    run_id = store.new_run_id()
-    store.start_run(run_id, config.model_dump(mode="json"), symbols)
-    log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
-    outcomes: dict[str, dict[str, Any]] = {}
-    for symbol, row in (finished_earlier(store, symbols, config) if resume else {}).items():
-        outcomes[symbol] = _carry_over(store, run_id, row)
-        log.info("%s: trained in run %s with this config; kept (--resume)", symbol, row["run_id"])
-    with ThreadPoolTaskRunner(max_workers=config.run.parallel) as runner:
-        futures = {runner.submit(run_symbol, {"symbol": s, "config": config, "run_id": run_id, "resume": resume}): s
-                   for s in symbols if s not in outcomes}
-        for future in as_completed(list(futures)):
-            symbol = futures[future]
-            result = future.result(raise_on_failure=False)
+    symbols = check_run(config)
+    with ResultsStore(config.run.results_dir, config.run.store_url) as store:
+        run_id = store.new_run_id()
+        store.start_run(run_id, config.model_dump(mode="json"), symbols)
+        log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
+        outcomes: dict[str, dict[str, Any]] = {}
+        for symbol, row in (finished_earlier(store, symbols, config) if resume else {}).items():
+            outcomes[symbol] = _carry_over(store, run_id, row)
+            log.info("%s: trained in run %s with this config; kept (--resume)", symbol, row["run_id"])
+
+        def done(symbol: str, result: Any) -> None:
             if isinstance(result, BaseException):
-                error = f"{type(result).__name__}: {result}"
-                store.record_symbol(run_id, symbol, "failed", error=error)
-                outcomes[symbol] = _outcome(symbol, "failed", error=error)
-                log.error("[%d/%d] %s: failed: %s", len(outcomes), len(symbols), symbol, error)
+                outcomes[symbol] = _outcome(symbol, "failed", error=error_text(result))
+                store.record_symbol(run_id, symbol, "failed", error=outcomes[symbol]["error"])
+                log.error("[%d/%d] %s: failed: %s", len(outcomes), len(symbols), symbol, outcomes[symbol]["error"])
             else:
                 outcomes[symbol] = result
-                log.info("[%d/%d] %s: completed in %.1f s, %d epochs, best val_loss %.3g",
-                         len(outcomes), len(symbols), symbol, result["seconds"], result["epochs"], result["best_val_loss"])
-    ordered = [outcomes[s] for s in symbols]
-    failed = sum(o["status"] != "completed" for o in ordered)
-    store.finish_run(run_id, "completed" if not failed else "failed" if failed == len(ordered) else "partial")
+                log.info("[%d/%d] %s: completed in %.1f s, %d epochs, best val_loss %.3g", len(outcomes),
+                         len(symbols), symbol, result["seconds"], result["epochs"], result["best_val_loss"])
+
+        todo = [s for s in symbols if s not in outcomes]
+        for_each_symbol(subflow, todo, config.run.parallel, {"config": config, "run_id": run_id, "resume": resume},
+                        on_done=done)
+        ordered = [outcomes[s] for s in symbols]
+        failed = sum(o["status"] != "completed" for o in ordered)
+        store.finish_run(run_id, "completed" if not failed else "failed" if failed == len(ordered) else "partial")
     create_table_artifact(key="train-summary", table=summary_rows(ordered, config.windows.horizons),
                           description=f"run {run_id}: {len(ordered) - failed} of {len(ordered)} symbols trained")
     return ordered
+
+
+@flow(name="train-universe")
+def train_universe(config: Config = Config(), resume: bool = False) -> list[dict[str, Any]]:
+    """Train every symbol of ``config.run.symbols`` (tickers or universe names)."""
+    return run_symbols(config, train_symbol, resume)
 
 
 def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[dict[str, str]]:
@@ -153,19 +149,15 @@ def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
     return text_table(summary_rows(outcomes, horizons))
 
 
+TRAIN_FLAGS = ("symbols", "source", "days", "epochs", "batch_size", "seed", "threads", "parallel",
+               "results_dir", "store_url")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__.splitlines()[0])
     p.add_argument("--test", action="store_true", help="the quickstart config (configs/test.yaml)")
     p.add_argument("--config", type=Path, help="YAML config file (default configs/default.yaml)")
-    p.add_argument("--symbols", help="comma-separated tickers or universe names (TEST, SAMPLE, TIER_1)")
-    p.add_argument("--source", help="sample | synthetic | yfinance | files:DIR")
-    p.add_argument("--days", type=int, help="last N trading days of history")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--parallel", type=int, help="symbols trained at the same time")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--results", help="results directory (default results/)")
-    p.add_argument("--store-url", help="SQLAlchemy URL of the results database")
+    add_flags(p, *TRAIN_FLAGS)
     p.add_argument("--resume", action="store_true",
                    help="keep symbols already trained with this config; continue interrupted ones from last.ckpt")
     args = p.parse_args(argv)
@@ -174,28 +166,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The config file (``--test``: configs/test.yaml) with the flags on top."""
-    flags = {
-        ("data", "source"): args.source, ("data", "days"): args.days,
-        ("training", "epochs"): args.epochs, ("training", "batch_size"): args.batch_size,
-        ("training", "seed"): args.seed, ("run", "parallel"): args.parallel,
-        ("run", "results_dir"): args.results, ("run", "store_url"): args.store_url,
-        ("run", "symbols"): [s.strip() for s in args.symbols.split(",") if s.strip()] if args.symbols else None,
-    }
-    overrides: dict[str, dict[str, Any]] = {}
-    for (section, key), value in flags.items():
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
-    return load_config(TEST_CONFIG if args.test else args.config, overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = config_from_args(args)
-        resolve_symbols(config.run.symbols)
-        feature_names(config.features)  # an unknown feature column fails now, not once per symbol
+        config = load_config(TEST_CONFIG if args.test else args.config, flag_overrides(args, *TRAIN_FLAGS))
+        check_run(config)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

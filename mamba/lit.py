@@ -13,7 +13,7 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
-from mamba.model import MambaForecaster
+from mamba.model import Dropout, MambaForecaster
 
 _LOSSES = ("mse", "huber")
 
@@ -22,7 +22,7 @@ class LitMambaForecaster(L.LightningModule):
     def __init__(self, n_features: int, horizons: Sequence[int], d_model: int = 64, n_layers: int = 4,
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0,
                  lr: float = 1e-3, weight_decay: float = 0.01, loss: str = "mse",
-                 lr_factor: float = 0.5, lr_patience: int = 3, huber_delta: float = 1.0):
+                 lr_factor: float = 0.5, lr_patience: int = 3, huber_delta: float = 1.0, seed: int = 0):
         super().__init__()
         if loss not in _LOSSES:
             raise ValueError(f"LitMambaForecaster: loss {loss!r} is not one of {_LOSSES}")
@@ -33,6 +33,16 @@ class LitMambaForecaster(L.LightningModule):
 
     def forward(self, x):
         return self.model(x)  # (b, h)
+
+    def on_train_epoch_start(self):
+        # Dropout masks from a generator of this model's own, restarted from
+        # (seed, epoch): independent of other trainers in the process, and a
+        # run resumed at epoch k draws what an uninterrupted one would.
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.hparams.seed * 1_000_003 + self.current_epoch)
+        for m in self.model.modules():
+            if isinstance(m, Dropout):
+                m.generator = g
 
     def _loss(self, pred, y):
         if self.hparams.loss == "huber":

@@ -132,6 +132,29 @@ class MambaBlock(nn.Module):
         return self.out_proj(y * F.silu(z)), (conv_state, h)  # (b, d)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout (Srivastava et al. 2014) that draws its mask from
+    `generator` when one is set, else from torch's global generator.
+
+    Trainers running in threads of one process share the global generator, so
+    their masks would interleave; `LitMambaForecaster` gives each model a
+    generator of its own, restarted every epoch.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, device=x.device) >= self.p  # (..., d)
+        return x * keep.to(x.dtype) / (1.0 - self.p)  # (..., d)
+
+
 class ResidualBlock(nn.Module):
     """Pre-norm residual: u + dropout(mixer(RMSNorm(u)))."""
 
@@ -139,7 +162,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm = RMSNorm(d_model)
         self.mixer = MambaBlock(d_model, **block_kwargs)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, u, return_state: bool = False):
         out = self.mixer(self.norm(u), return_state=return_state)

@@ -260,9 +260,6 @@ def indicators(bars: pl.DataFrame) -> pl.DataFrame:
 
 # ------------------------------------------------------------------ features
 
-#: Leading rows ``build_features`` drops: sma_60 and ema_60 first have a value
-#: at row 59; every other indicator starts earlier.
-WARMUP_ROWS = 59
 
 # Neutral values for the zero-width cases, which are null in ``indicators``:
 # with sd = 0 every close in the window equals the mean, so the close sits in
@@ -301,7 +298,12 @@ def _feature_exprs() -> dict[str, pl.Expr]:
 
 
 FEATURE_COLUMNS: tuple[str, ...] = tuple(_feature_exprs())
-_READS_HISTORY = {"obv_flow_20"}  # not row-wise: computed per symbol
+#: Features that read history of their own (not row-wise: computed per
+#: symbol), with the first row they have a value at.
+_READS_HISTORY = {"obv_flow_20": 20}
+#: Leading rows ``build_features`` drops: the latest first row of any input,
+#: from the indicator definitions (sma_60 and ema_60: row 59).
+WARMUP_ROWS = max(*_WARMUP.values(), *_READS_HISTORY.values())
 
 
 def feature_names(cfg: FeatureConfig | None = None) -> list[str]:

@@ -120,6 +120,13 @@ def load_bars(
     return _select(bars, symbol, source, start, end, days)
 
 
+def check_source(source: str) -> str:
+    """``source`` if it names a known source, else SourceError listing them."""
+    if source in ("sample", "synthetic", "yfinance") or files_dir(source) is not None:
+        return source
+    raise SourceError(f"unknown source {source!r}; use sample, synthetic, yfinance or files:DIR")
+
+
 def files_dir(source: str) -> Path | None:
     """The directory of a ``files:DIR`` source, with ``~`` expanded; None for any other source."""
     if source.startswith("files:") and len(source) > len("files:"):

@@ -9,8 +9,9 @@ their output:
   run refetches; the yfinance adapter's own Parquet cache then downloads only
   the new days), the source file's size and mtime for ``files:``, and the
   source code of ``tasks/sources.py``.
-- ``build_features``: the bars' fingerprint, the feature config, and the source
-  code of ``tasks/features.py``.
+- ``build_features``: the bars' fingerprint (computed once per symbol by the
+  flow, passed in), the feature config, and the source code of
+  ``tasks/features.py``.
 
 Their results are Polars frames persisted as Parquet (base64 text, which is
 what Prefect's result records hold) under ``RESULTS/prefect``; nothing is
@@ -42,9 +43,11 @@ from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
 from tasks.evaluate import evaluate_forecasts
 from tasks.features import build_features as _build_features
 from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markdown
-from tasks.sources import SourceError, bars_fingerprint, files_dir, find_file, load_bars
-from tasks.store import ResultsStore, package_versions, save_model
-from tasks.train import TrainResult, load_forecaster, predict_windows
+from tasks.sources import SourceError, files_dir, find_file, load_bars
+from tasks.store import ResultsStore, load_model, package_versions, save_model
+from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_windows
+from tasks.plan import trainer_threads
+from tasks.train import TrainResult
 from tasks.train import train_model as _train_model
 from tasks.validate import QualityReport, validate_bars as _validate_bars
 from tasks.windows import Windows, make_windows as _make_windows
@@ -94,7 +97,7 @@ def fetch_key(context: TaskRunContext, params: dict[str, Any]) -> str:
 
 def features_key(context: TaskRunContext, params: dict[str, Any]) -> str:
     cfg: FeatureConfig = params["cfg"]
-    return "features-" + _digest(bars_fingerprint(params["bars"]), cfg.model_dump_json(), _source_hash(features_mod))
+    return "features-" + _digest(params["fingerprint"], cfg.model_dump_json(), _source_hash(features_mod))
 
 
 def _retry_network_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -119,7 +122,8 @@ def validate_bars(bars: pl.DataFrame, symbol: str, min_rows: int) -> QualityRepo
 
 @task(name="build_features", task_run_name="features-{symbol}", cache_key_fn=features_key, persist_result=True,
       result_serializer=ParquetSerializer())
-def build_features(bars: pl.DataFrame, cfg: FeatureConfig, symbol: str) -> pl.DataFrame:
+def build_features(bars: pl.DataFrame, cfg: FeatureConfig, symbol: str, fingerprint: str) -> pl.DataFrame:
+    """``fingerprint`` is ``bars_fingerprint(bars)``: the cache key, computed once by the caller."""
     return _build_features(bars, cfg)
 
 
@@ -131,7 +135,7 @@ def make_windows(frame: pl.DataFrame, cfg: WindowConfig, symbol: str) -> Windows
 @task(name="train_model", task_run_name="train-{symbol}", cache_policy=NO_CACHE)
 def train_model(windows: Windows, config: Config, symbol: str, workdir: Path, resume: bool = False) -> TrainResult:
     return _train_model(windows, config.model, config.training, config.augment, workdir,
-                        resume=resume, parallel=config.run.parallel)
+                        resume=resume, threads=trainer_threads(config))
 
 
 @task(name="evaluate_model", task_run_name="evaluate-{symbol}", cache_policy=NO_CACHE)
@@ -160,6 +164,7 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
         "splits": {"train": span(windows.train), "val": span(windows.val), "test": span(windows.test)},
         "windows": {"train": len(windows.train), "val": len(windows.val), "test": len(windows.test)},
         "data_fingerprint": fingerprint,
+        "threads": trainer_threads(config),  # the weights depend on it (tasks.plan)
         "quality": report.to_dict(),
         "versions": package_versions(),
         "metrics": {
@@ -188,6 +193,32 @@ def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult
         seconds=seconds, model_path=str(model_dir), data_fingerprint=metadata["data_fingerprint"],
     )
     return model_dir
+
+
+class ModelNotFoundError(LookupError):
+    """No completed model for a symbol in the results store."""
+
+
+@task(name="load_model", task_run_name="load-model-{symbol}", cache_policy=NO_CACHE)
+def load_latest_model(store: ResultsStore, symbol: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, metadata) of the symbol's latest completed model."""
+    model_dir = store.latest_model(symbol)
+    if model_dir is None:
+        raise ModelNotFoundError(
+            f"{symbol}: no completed model in {store.url}; train one first: "
+            f"python -m flows.train --symbols {symbol} --results {store.results_dir}")
+    return load_model(model_dir)
+
+
+@task(name="forecast", task_run_name="forecast-{symbol}", cache_policy=NO_CACHE)
+def forecast(state: dict[str, Any], meta: dict[str, Any], frame: pl.DataFrame, symbol: str) -> list[dict[str, Any]]:
+    net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], model_config(meta).model)
+    return forecast_rows(net, meta, frame)
+
+
+@task(name="save_forecasts", task_run_name="save-forecasts-{symbol}", cache_policy=NO_CACHE)
+def save_forecasts(store: ResultsStore, rows: list[dict[str, Any]], symbol: str) -> None:
+    store.record_predictions(rows)
 
 
 def artifact_key(prefix: str, symbol: str) -> str:

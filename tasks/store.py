@@ -217,6 +217,12 @@ class ResultsStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:

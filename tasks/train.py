@@ -4,14 +4,18 @@
 metrics out. Lightning does the loop; we add what a reproducible, resumable
 run needs:
 
-- ``seed_everything`` + deterministic algorithms, the model initialised under a
-  lock (threads training other symbols share torch's global RNG), and a
-  shuffle order that depends only on (seed, epoch), so the same seed gives
-  bit-identical weights and a resumed run replays the epochs it missed.
-- ModelCheckpoint keeps ``last.ckpt`` (Lightning's own resume format, local to
-  the work directory, deleted when the symbol completes); the *best* weights
-  are kept by ``BestWeights`` as safetensors, so nothing is unpickled to get
-  them back.
+- Deterministic algorithms, and random streams of the trainer's own: the
+  model is initialised under a lock from ``torch.manual_seed(seed)`` (the one
+  draw from torch's global generator, which threads training other symbols
+  share), dropout draws from the module's generator, augmentation from the
+  collate's and the shuffle from the sampler's, each restarted from (seed,
+  epoch). So a symbol's weights depend on its seed and its thread count
+  only, not on what trains beside it, and a resumed run replays the epochs it
+  missed.
+- ModelCheckpoint keeps only ``last.ckpt`` (Lightning's own resume format,
+  local to the work directory, deleted when the symbol completes); the
+  *best* weights are kept by ``BestWeights`` as safetensors, so nothing is
+  unpickled to get them back.
 - EarlyStopping on ``val_loss`` and the module's ReduceLROnPlateau.
 """
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import threading
 import time
@@ -37,14 +40,13 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from configs.schema import AugmentConfig, ModelConfig, TrainingConfig
 from mamba.lit import LitMambaForecaster
-from mamba.model import MambaForecaster
 from tasks.atomic import atomic_write
 from tasks.augment import AugmentCollate
 from tasks.windows import Windows
 
 log = logging.getLogger(__name__)
 
-_INIT_LOCK = threading.Lock()  # model init draws from torch's global RNG
+_INIT_LOCK = threading.Lock()  # model init draws from torch's global RNG, shared by threads
 
 
 @dataclass
@@ -149,16 +151,22 @@ def unscale_head(state: dict[str, torch.Tensor], scale: np.ndarray) -> dict[str,
 
 
 def build_module(n_features: int, horizons: list[int], model: ModelConfig, training: TrainingConfig) -> LitMambaForecaster:
-    return LitMambaForecaster(
-        n_features=n_features,
-        horizons=list(horizons),
-        **model.model_dump(),
-        lr=training.lr,
-        weight_decay=training.weight_decay,
-        loss=training.loss,
-        lr_factor=training.lr_factor,
-        lr_patience=training.lr_patience,
-    )
+    """The LightningModule, initialised from ``torch.manual_seed(training.seed)``
+    under the lock, so that no other thread draws from the global generator
+    between the seed and the initialisation."""
+    with _INIT_LOCK:
+        torch.manual_seed(training.seed)
+        return LitMambaForecaster(
+            n_features=n_features,
+            horizons=list(horizons),
+            **model.model_dump(),
+            lr=training.lr,
+            weight_decay=training.weight_decay,
+            loss=training.loss,
+            lr_factor=training.lr_factor,
+            lr_patience=training.lr_patience,
+            seed=training.seed,
+        )
 
 
 def train_model(
@@ -169,7 +177,7 @@ def train_model(
     workdir: Path,
     *,
     resume: bool = False,
-    parallel: int = 1,
+    threads: int = 1,
     callbacks: list[Callback] | None = None,
 ) -> TrainResult:
     """Fit on ``windows.train``, early-stop on ``windows.val``; return the best weights.
@@ -185,12 +193,10 @@ def train_model(
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = str(last) if resume and last.is_file() else None
 
-    # N trainers in N threads share the cores; give each its share.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
-    L.seed_everything(training.seed, workers=True, verbose=False)
-    with _INIT_LOCK:
-        torch.manual_seed(training.seed)
-        module = build_module(len(windows.feature_names), list(windows.horizons), model, training)
+    # Sums in matmuls are split by thread, so the weights depend on this
+    # number: it is explicit (tasks.plan.trainer_threads) and recorded.
+    torch.set_num_threads(threads)
+    module = build_module(len(windows.feature_names), list(windows.horizons), model, training)
 
     best = BestWeights(workdir / "best.safetensors")
     collate = AugmentCollate(augment, training.seed) if augment.rate > 0 else None
@@ -202,7 +208,8 @@ def train_model(
         deterministic=True,
         gradient_clip_val=training.grad_clip or None,
         callbacks=[
-            ModelCheckpoint(dirpath=workdir / "checkpoints", filename="best", monitor="val_loss", save_top_k=1, save_last=True),
+            # last.ckpt only (for --resume): the best weights are BestWeights' safetensors
+            ModelCheckpoint(dirpath=workdir / "checkpoints", save_top_k=0, save_last=True),
             EarlyStopping(monitor="val_loss", patience=training.patience, mode="min"),
             best,
             *([_AugmentEpoch(collate)] if collate else []),
@@ -239,19 +246,3 @@ def train_model(
         epoch_metrics=list(best.rows),
         resumed_from_epoch=best.restored_epochs if ckpt_path else None,
     )
-
-
-def load_forecaster(state_dict: dict[str, torch.Tensor], n_features: int, horizons: list[int],
-                    model: ModelConfig | dict[str, Any]) -> MambaForecaster:
-    """A ``MambaForecaster`` in eval mode with ``state_dict`` loaded (strict)."""
-    kwargs = model.model_dump() if isinstance(model, ModelConfig) else dict(model)
-    net = MambaForecaster(n_features=n_features, horizons=list(horizons), **kwargs)
-    net.load_state_dict(state_dict, strict=True)
-    return net.eval()
-
-
-@torch.no_grad()
-def predict_windows(model: MambaForecaster, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Forecasts (n, h) for windows ``x`` (n, l, f), in batches."""
-    out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, len(model.horizons)), np.float32)

@@ -23,7 +23,6 @@ forecasting window (``latest_window``) reuse it.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from configs.schema import WindowConfig
+from tasks.plan import embargo_rows, max_horizon, required_rows, split_sizes
 
 
 @dataclass(frozen=True)
@@ -89,50 +89,14 @@ class Windows:
     seq_len: int
 
 
-def _check_horizons(horizons: Sequence[int]) -> tuple[int, ...]:
-    hs = tuple(sorted(int(h) for h in horizons))
-    if not hs or hs[0] < 1 or len(set(hs)) != len(hs):
-        raise ValueError(f"horizons {list(horizons)} must be distinct positive integers")
-    return hs
-
-
-def _split_sizes(m: int, val_frac: float, test_frac: float) -> tuple[int, int, int]:
-    """(train, val, test) window counts out of m windows (after the gaps)."""
-    n_val = max(1, math.floor(val_frac * m + 0.5))
-    n_test = max(1, math.floor(test_frac * m + 0.5))
-    return m - n_val - n_test, n_val, n_test
-
-
-def required_rows(seq_len: int, horizons: Sequence[int], val_frac: float, test_frac: float) -> int:
-    """Fewest feature rows for >= 1 window in each split (and for every longer frame too).
-
-    Add ``tasks.features.WARMUP_ROWS`` for the number of bars.
-    """
-    if seq_len < 1 or not (0 < val_frac < 0.5 and 0 < test_frac < 0.5):
-        raise ValueError(f"need seq_len >= 1 and 0 < val_frac, test_frac < 0.5; got {seq_len}, {val_frac}, {test_frac}")
-    horizon = max(_check_horizons(horizons))
-    overhead = 3 * seq_len + 3 * horizon - 3  # rows that hold no window end of their own
-    # n_train >= m (1 - val - test) - 2, so every m beyond `sure` has one;
-    # below it, find the smallest m after which no m fails.
-    sure = math.ceil(3 / (1 - val_frac - test_frac)) + 1
-    m_min = sure
-    for m in range(sure, 2, -1):
-        if _split_sizes(m, val_frac, test_frac)[0] < 1:
-            break
-        m_min = m
-    return m_min + overhead
-
-
-def _split_ends(n_rows: int, seq_len: int, horizon: int, val_frac: float, test_frac: float,
-                stride: int) -> list[np.ndarray]:
+def _split_ends(n_rows: int, w: WindowConfig) -> list[np.ndarray]:
     """Window end rows of train, val and test."""
-    gap = horizon + seq_len - 1
-    m = n_rows - seq_len - horizon + 1 - 2 * gap
-    sizes = _split_sizes(m, val_frac, test_frac)
-    out, first = [], seq_len - 1
-    for size in sizes:
+    gap = embargo_rows(w)
+    m = n_rows - w.seq_len - max_horizon(w) + 1 - 2 * gap
+    out, first = [], w.seq_len - 1
+    for size in split_sizes(m, w):
         last = first + size - 1
-        out.append(np.arange(last, first - 1, -stride)[::-1])
+        out.append(np.arange(last, first - 1, -w.stride)[::-1])
         first = last + gap + 1
     return out
 
@@ -149,34 +113,25 @@ def _feature_matrix(frame: pl.DataFrame, names: Sequence[str]) -> np.ndarray:
     return feats
 
 
-def make_windows(
-    frame: pl.DataFrame,
-    seq_len: int = 60,
-    horizons: Sequence[int] = (1, 5, 10, 30),
-    val_frac: float = 0.15,
-    test_frac: float = 0.15,
-    stride: int = 1,
-    cfg: WindowConfig | None = None,
-    *,
-    symbol: str | None = None,
-) -> Windows:
-    """Train/val/test windows of ``frame`` (``date``, ``close``, features); ``cfg`` overrides the keywords.
+def make_windows(frame: pl.DataFrame, cfg: WindowConfig | None = None, *, symbol: str | None = None,
+                 **fields: object) -> Windows:
+    """Train/val/test windows of ``frame`` (``date``, ``close``, features).
 
+    The window settings are ``cfg``, or ``WindowConfig(**fields)`` (e.g.
+    ``seq_len=20, horizons=[1, 5]``; the rest take the config's defaults).
     ``symbol`` only names the frame in error messages.
     """
-    if cfg is not None:
-        seq_len, horizons, val_frac, test_frac, stride = (
-            cfg.seq_len, cfg.horizons, cfg.val_frac, cfg.test_frac, cfg.stride)
-    hs = _check_horizons(horizons)
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    if cfg is not None and fields:
+        raise TypeError(f"make_windows: pass cfg or the fields {sorted(fields)}, not both")
+    w = cfg if cfg is not None else WindowConfig(**fields)
+    seq_len, hs = w.seq_len, tuple(w.horizons)
     who = f"{symbol}: " if symbol else ""
-    need = required_rows(seq_len, hs, val_frac, test_frac)
+    need = required_rows(w)
     if frame.height < need:
         raise ValueError(
-            f"{who}{frame.height} feature rows, need >= {need} for seq_len {seq_len}, horizons up to "
-            f"{hs[-1]}, val_frac {val_frac}, test_frac {test_frac} (one window per split, with an "
-            f"embargo of {hs[-1] + seq_len} rows between splits); use a longer history or a smaller "
+            f"{who}{frame.height} feature rows, need >= {need} for windows.seq_len {seq_len}, horizons up to "
+            f"{hs[-1]}, val_frac {w.val_frac}, test_frac {w.test_frac} (one window per split, with an "
+            f"embargo of {embargo_rows(w)} window ends between splits); use a longer history or a smaller "
             f"seq_len or largest horizon"
         )
     for col in ("date", "close"):
@@ -195,7 +150,7 @@ def make_windows(
     if frame["date"].dtype != pl.Date or np.any(dates[1:] <= dates[:-1]):
         raise ValueError(f"{who}feature frame dates must be pl.Date and strictly increasing")
 
-    ends = _split_ends(frame.height, seq_len, hs[-1], val_frac, test_frac, stride)
+    ends = _split_ends(frame.height, w)
     covered = np.zeros(frame.height, dtype=bool)
     for t in ends[0]:
         covered[t - seq_len + 1: t + 1] = True

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from configs.load import DEFAULT_CONFIG, TEST_CONFIG, ConfigError, load_config, load_universes, resolve_symbols
+from configs.load import (DEFAULT_CONFIG, OVERRIDE_KEYS, TEST_CONFIG, ConfigError, apply_overrides, load_config,
+                          load_universes, named_overrides, resolve_symbols)
 from configs.schema import Config
 
 
@@ -24,7 +25,7 @@ def test_overrides_merge_into_sections_without_dropping_siblings():
     ("training:\n  epocs: 3\n", "training.epocs"),
     ("model:\n  d_model: wide\n", "model.d_model"),
     ("windows:\n  horizons: [5, 0]\n", "windows.horizons"),
-    ("data:\n  source: ftp\n", "data.source"),
+    ("data:\n  source: ''\n", "data.source"),
     ("runs:\n  parallel: 2\n", "runs"),
 ])
 def test_errors_name_the_key_and_the_file(tmp_path, yaml_text, key):
@@ -56,3 +57,37 @@ def test_universes_expand_in_order_without_repeats():
     assert resolve_symbols(["SAMPLE"]) == ["AAPL", "GOOG", "IBM", "MSFT"]
     with pytest.raises(ConfigError, match="TIER_1"):
         resolve_symbols([" "])
+
+
+def test_apply_overrides_dotted_or_nested_none_keeps():
+    base = load_config(TEST_CONFIG)
+    a = apply_overrides(base, {"training.epochs": 2, "data.days": None, "run": {"symbols": ["AAPL"]}})
+    assert (a.training.epochs, a.data.days, a.run.symbols) == (2, 2500, ["AAPL"])
+    assert a.training.patience == base.training.patience == 3
+    assert apply_overrides(base, None) == base and apply_overrides(base, {"data.days": None}) == base
+
+
+@pytest.mark.parametrize("overrides,key", [
+    ({"training.epocs": 2}, "training.epocs"),
+    ({"trainin.epochs": 2}, "trainin"),
+    ({"training.epochs": 0}, "training.epochs"),
+    ({"run.symbols": []}, "run.symbols"),
+])
+def test_bad_overrides_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        apply_overrides(load_config(TEST_CONFIG), overrides)
+
+
+def test_named_overrides_map_flags_to_keys():
+    assert named_overrides(epochs=3, source=None, results_dir="r") == {"training.epochs": 3, "run.results_dir": "r"}
+    assert set(OVERRIDE_KEYS.values()) <= {f"{s}.{k}" for s, sec in Config().model_dump().items() for k in sec}
+    with pytest.raises(ConfigError, match="unknown override"):
+        named_overrides(epoch=3)
+
+
+def test_yaml_is_validated_before_overrides(tmp_path):
+    """A flag must not mask a broken file: ``training: 5`` fails even with --epochs."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("training: 5\n")
+    with pytest.raises(ConfigError, match="training"):
+        load_config(path, {"training.epochs": 1})

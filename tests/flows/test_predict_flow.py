@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from flows.predict import main, predict_universe, target_date
+from flows.predict import main, predict_universe
 from flows.train import train_universe
 from tasks.features import build_features
+from tasks.forecast import load_forecaster, model_config, target_date
 from tasks.sources import load_bars
 from tasks.store import ResultsStore, load_model
 from tests.flows.conftest import tiny_config
@@ -41,17 +42,17 @@ def test_forecasts_every_horizon_from_the_latest_window(trained):
         assert np.busday_count(r["as_of"], r["target_date"]) == r["horizon"]
 
     # the same numbers by hand: model from the files, window from the features
-    state, meta = load_model(ResultsStore(trained).latest_model("AAA"))
+    with ResultsStore(trained) as store:
+        state, meta = load_model(store.latest_model("AAA"))
+        stored = store.predictions("AAA")
     frame = build_features(bars).select(meta["feature_names"]).tail(meta["seq_len"]).to_numpy()
     scaled = (frame - np.array(meta["scaler"]["mean"])) / np.array(meta["scaler"]["std"])
-    from tasks.train import load_forecaster
-    net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], meta["config"]["model"])
+    net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], model_config(meta).model)
     with torch.no_grad():
         expect = net(torch.from_numpy(scaled[None].astype(np.float32)))[0].numpy()
     np.testing.assert_allclose([r["predicted_return"] for r in rows], expect, rtol=1e-5, atol=1e-7)
-
-    stored = ResultsStore(trained).predictions("AAA")
-    assert sorted(p["horizon"] for p in stored) == [1, 5, 10, 30]
+    assert [(p["horizon"], p["predicted_return"]) for p in stored] == [
+        (r["horizon"], pytest.approx(r["predicted_return"], rel=1e-12)) for r in rows]
 
 
 def test_symbol_without_model_fails_alone_with_exit_1(trained, capsys):

@@ -1,7 +1,7 @@
 """The deployments against a real ``prefect server start`` on a free loopback port.
 
 One server for the module, in its own temporary ``PREFECT_HOME``; the
-deployments are served by ``python -m deployments.nightly`` as a child process
+deployments are served by ``python -m deployments.serve`` as a child process
 (the one command the README gives), and the nightly deployment is run with a
 tiny config. Both processes are stopped at the end, whatever happens.
 """
@@ -32,7 +32,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.server.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.nightly import NIGHTLY_CRON, NIGHTLY_TIMEZONE
+from deployments.serve import deployment_specs
 from tasks.store import ResultsStore
 
 pytestmark = pytest.mark.server
@@ -130,9 +130,9 @@ def client(prefect_server) -> Iterator[SyncPrefectClient]:
 
 @pytest.fixture(scope="module")
 def served(prefect_server) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """``python -m deployments.nightly`` with the environment pointing at the server."""
+    """``python -m deployments.serve`` with the environment pointing at the server."""
     log = prefect_server["home"] / "serve.log"
-    proc = _start([sys.executable, "-m", "deployments.nightly"], prefect_server["env"], log)
+    proc = _start([sys.executable, "-m", "deployments.serve"], prefect_server["env"], log)
 
     def registered() -> bool:
         with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
@@ -141,7 +141,7 @@ def served(prefect_server) -> Iterator[tuple[subprocess.Popen, Path]]:
         return {"nightly-retrain/nightly", "train-universe/on-demand", "predict-universe/on-demand"} <= names
 
     try:
-        _wait_until(registered, 120, "python -m deployments.nightly", log, proc, step=1)
+        _wait_until(registered, 120, "python -m deployments.serve", log, proc, step=1)
         yield proc, log
     finally:
         _stop(proc, signal.SIGINT, 20)  # Ctrl-C, as a user stops it
@@ -213,28 +213,28 @@ def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(serve
                                   {"config_path": str(config), "epochs": 2})
     assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}\n{_tail(served[1])}"
 
-    store = ResultsStore(results)
-    runs = {r["symbol"]: r for r in store.symbol_runs()}
+    with ResultsStore(results) as store:
+        runs = {r["symbol"]: r for r in store.symbol_runs()}
+        predictions = store.predictions()
     assert sorted(runs) == SYMBOLS
     assert all(r["status"] == "completed" and r["epochs"] == 2 for r in runs.values())
-    predictions = store.predictions()
     assert sorted((p["symbol"], p["horizon"]) for p in predictions) == [
         (s, h) for s in SYMBOLS for h in HORIZONS]
     for p in predictions:
         assert p["model_run_id"] == runs[p["symbol"]]["run_id"]
         assert p["predicted_price"] == pytest.approx(p["last_close"] * math.exp(p["predicted_return"]), rel=1e-9)
 
-    # train and predict ran as subflows of this nightly run, each once, all completed
+    # one nightly-symbol subflow per symbol, each training then forecasting as subflows, all completed
     assert sorted(name for name, _ in tree.values()) == sorted(
-        ["nightly-retrain", "train-universe", "predict-universe"] + ["train-symbol"] * len(SYMBOLS))
+        ["nightly-retrain"] + ["nightly-symbol", "train-symbol", "forecast-symbol"] * len(SYMBOLS))
     assert all(fr.state.type == StateType.COMPLETED for _, fr in tree.values())
 
     artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.flow_run_id in tree}
     expected = {"train-summary": "table", "forecasts": "table", "metrics-aaa": "table", "metrics-bbb": "table",
                 "plots-aaa": "markdown", "plots-bbb": "markdown"}
     assert {k: artifacts[k].type for k in expected if k in artifacts} == expected
-    assert tree[artifacts["train-summary"].flow_run_id][0] == "train-universe"
-    assert tree[artifacts["forecasts"].flow_run_id][0] == "predict-universe"
+    assert tree[artifacts["train-summary"].flow_run_id][0] == "nightly-retrain"
+    assert tree[artifacts["forecasts"].flow_run_id][0] == "nightly-retrain"
 
     # Lightning's own log lines reach the run logs of each symbol (PREFECT_LOGGING_EXTRA_LOGGERS)
     for i, (name, fr) in tree.items():
@@ -249,14 +249,14 @@ def test_nightly_run_fails_naming_the_symbol_after_forecasting_the_others(served
     state, tree = _run_deployment(client, served, "nightly-retrain/nightly",
                                   {"config_path": str(config), "symbols": ["AAA", "../etc"], "epochs": 1})
     assert state.type == StateType.FAILED
-    assert "NightlyError: 1 of 2 symbols failed: ../ETC: train: " in state.message
+    assert "NightlyError: 1 of 2 symbols failed: ../ETC: ValueError: invalid symbol '../ETC'" in state.message
     # the good symbol was trained and forecast before the run failed
-    store = ResultsStore(results)
-    assert sorted((r["symbol"], r["status"]) for r in store.symbol_runs()) == [
-        ("../ETC", "failed"), ("AAA", "completed")]
-    assert sorted(p["horizon"] for p in store.predictions("AAA")) == HORIZONS
-    assert {name: fr.state.type for name, fr in tree.values() if name == "predict-universe"} == {
-        "predict-universe": StateType.COMPLETED}
+    with ResultsStore(results) as store:
+        assert sorted((r["symbol"], r["status"]) for r in store.symbol_runs()) == [
+            ("../ETC", "failed"), ("AAA", "completed")]
+        assert sorted(p["horizon"] for p in store.predictions("AAA")) == HORIZONS
+    assert sorted((fr.name, fr.state.type) for name, fr in tree.values() if name == "forecast-symbol") == [
+        ("forecast-AAA", StateType.COMPLETED)]
 
 
 def test_on_demand_deployments_train_and_predict_from_form_parameters(served, client, tmp_path):
@@ -265,13 +265,15 @@ def test_on_demand_deployments_train_and_predict_from_form_parameters(served, cl
     state, _ = _run_deployment(client, served, "train-universe/on-demand",
                                {"config": _tiny(results, ["CCC"], epochs=1)})
     assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}"
-    [trained] = ResultsStore(results).symbol_runs()
+    with ResultsStore(results) as store:
+        [trained] = store.symbol_runs()
     assert (trained["symbol"], trained["status"], trained["epochs"]) == ("CCC", "completed", 1)
 
     state, tree = _run_deployment(client, served, "predict-universe/on-demand",
                                   {"symbols": ["CCC"], "results_dir": str(results)})
     assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}"
-    forecasts = ResultsStore(results).predictions("CCC")
+    with ResultsStore(results) as store:
+        forecasts = store.predictions("CCC")
     assert sorted(p["horizon"] for p in forecasts) == HORIZONS
     assert {p["model_run_id"] for p in forecasts} == {trained["run_id"]}
     [artifact] = [a for a in client.read_artifacts() if a.key == "forecasts" and a.flow_run_id in tree]
@@ -287,8 +289,9 @@ def test_prefect_yaml_declares_the_same_deployments_on_a_process_pool(prefect_se
 
     nightly = client.read_deployment_by_name("nightly-retrain/nightly")
     [schedule] = nightly.schedules
-    assert (schedule.schedule.cron, schedule.schedule.timezone) == (NIGHTLY_CRON, NIGHTLY_TIMEZONE)
-    for name, entrypoint in [("nightly-retrain/nightly", "deployments/nightly.py:nightly_retrain"),
+    [spec] = [s["schedules"][0] for s in deployment_specs() if s["name"] == "nightly"]
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (spec["cron"], spec["timezone"])
+    for name, entrypoint in [("nightly-retrain/nightly", "flows/nightly.py:nightly_retrain"),
                              ("train-universe/on-demand", "flows/train.py:train_universe"),
                              ("predict-universe/on-demand", "flows/predict.py:predict_universe")]:
         d = client.read_deployment_by_name(name)

@@ -11,8 +11,10 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 import tasks.steps
+from configs.load import apply_overrides
 from flows.train import main, train_universe
-from tasks.sources import load_bars
+from tasks.plan import trainer_threads
+from tasks.sources import bars_fingerprint, load_bars
 from tasks.store import ResultsStore, load_model
 from tests.flows.conftest import tiny_config
 
@@ -30,32 +32,54 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
     outcomes = train_universe(config)
     assert [o["status"] for o in outcomes] == ["completed", "completed"]
 
-    store = ResultsStore(tmp_path)
-    runs = store.symbol_runs()
-    assert sorted(r["symbol"] for r in runs) == ["AAA", "BBB"]
-    for r in runs:
-        assert r["status"] == "completed" and r["error"] is None
-        assert r["epochs"] == 3
-        assert r["rows"] == 420
-        epochs = store.epoch_metrics(r["run_id"], r["symbol"])
-        assert [e["epoch"] for e in epochs] == [0, 1, 2]
-        assert r["best_val_loss"] == pytest.approx(min(e["val_loss"] for e in epochs), rel=1e-6)
-        evaluation = store.evaluations(r["run_id"], r["symbol"])
-        assert sorted(e["horizon"] for e in evaluation) == [1, 5, 10, 30]
-        for e in evaluation:
-            assert e["skill_zero"] == pytest.approx(1 - e["mae"] / e["zero_mae"])
-        state, meta = load_model(Path(r["model_path"]))
-        assert meta["symbol"] == r["symbol"] and meta["horizons"] == [1, 5, 10, 30]
-        assert meta["data_fingerprint"] == r["data_fingerprint"]
-        assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
-        assert sum(v.numel() for v in state.values()) == r["parameters"]
-        for png in ("learning_curve.png", "forecast_vs_actual.png"):
-            assert (Path(r["model_path"]) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        # the work directory (checkpoints) is gone once the symbol completed
-        assert not (tmp_path / "work" / r["symbol"]).exists()
+    with ResultsStore(tmp_path) as store:
+        runs = store.symbol_runs()
+        assert sorted(r["symbol"] for r in runs) == ["AAA", "BBB"]
+        assert [r["status"] for r in store.runs()] == ["completed"]
+        for r, outcome in zip(runs, outcomes):
+            assert r["status"] == "completed" and r["error"] is None
+            assert r["epochs"] == 3 == outcome["epochs"]
+            assert r["rows"] == 420
+            epochs = store.epoch_metrics(r["run_id"], r["symbol"])
+            assert [e["epoch"] for e in epochs] == [0, 1, 2]
+            assert r["best_val_loss"] == pytest.approx(min(e["val_loss"] for e in epochs), rel=1e-6)
+            assert r["best_val_loss"] == pytest.approx(outcome["best_val_loss"], rel=1e-9)
+            evaluation = store.evaluations(r["run_id"], r["symbol"])
+            assert sorted(e["horizon"] for e in evaluation) == [1, 5, 10, 30]
+            for e in evaluation:
+                assert e["skill_zero"] == pytest.approx(1 - e["mae"] / e["zero_mae"])
+                assert e["skill_zero"] == pytest.approx(outcome["skill"][e["horizon"]])
+            state, meta = load_model(Path(r["model_path"]))
+            assert meta["symbol"] == r["symbol"] and meta["horizons"] == [1, 5, 10, 30]
+            assert meta["data_fingerprint"] == r["data_fingerprint"]
+            assert meta["data_fingerprint"] == bars_fingerprint(load_bars(r["symbol"], "synthetic", days=420))
+            assert meta["threads"] == trainer_threads(config)
+            assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
+            assert sum(v.numel() for v in state.values()) == r["parameters"]
+            # the model directory holds the safetensors model and its plots, nothing pickled
+            assert sorted(p.name for p in Path(r["model_path"]).iterdir()) == [
+                "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
+            for png in ("learning_curve.png", "forecast_vs_actual.png"):
+                assert (Path(r["model_path"]) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the work directory (checkpoints) is gone once a symbol completed
+    assert list((tmp_path / "work").iterdir()) == []
     # the default store is an ordinary SQLite file other tools can read
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("select count(*) from evaluations where symbol = 'BBB'").fetchone() == (4,)
+
+
+def _table(out: str) -> dict[str, dict[str, str]]:
+    """The summary table printed by the CLI, as {symbol: {column: value}}."""
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("symbol  status"))
+    cols = lines[head].split()
+    rows = {}
+    for line in lines[head + 2:]:
+        if not line.strip():
+            break
+        parts = line.split(maxsplit=len(cols) - 1)
+        rows[parts[0]] = dict(zip(cols, parts))
+    return rows
 
 
 def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
@@ -63,13 +87,32 @@ def test_bad_symbol_fails_alone_with_its_reason_and_exit_1(tmp_path, capsys):
                  "--results", str(tmp_path), "--parallel", "2",
                  "--config", str(_tiny_yaml(tmp_path))])
     assert code == 1
-    runs = {r["symbol"]: r for r in ResultsStore(tmp_path).symbol_runs()}
+    with ResultsStore(tmp_path) as store:
+        runs = {r["symbol"]: r for r in store.symbol_runs()}
+        assert [r["status"] for r in store.runs()] == ["partial"]
     assert runs["AAA"]["status"] == runs["BBB"]["status"] == "completed"
     assert runs["../ETC"]["status"] == "failed"
-    assert "../ETC" in runs["../ETC"]["error"]
-    assert [r["status"] for r in ResultsStore(tmp_path).runs()] == ["partial"]
-    out = capsys.readouterr().out
-    assert "failed" in out and "../ETC" in out
+    assert runs["../ETC"]["error"].startswith("ValueError: invalid symbol '../ETC'")
+    table = _table(capsys.readouterr().out)
+    assert list(table) == ["AAA", "../ETC", "BBB"]
+    assert table["../ETC"]["status"] == "failed" and table["AAA"]["status"] == "completed"
+    assert table["AAA"]["epochs"] == str(runs["AAA"]["epochs"]) == "1"
+
+
+def test_neighbours_do_not_change_a_symbols_weights(tmp_path):
+    """With dropout and augmentation on, AAPL trained beside MSFT and AAPL
+    trained beside IBM and GOOG (same seed, same threads per trainer) get
+    identical weights: each trainer has its own random streams."""
+    noisy = {"augment": {"rate": 0.5, "noise_std": 0.1, "dropout_p": 0.1}, "model": {"dropout": 0.2}}
+
+    def aapl(name: str, symbols: list[str]) -> dict[str, torch.Tensor]:
+        cfg = tiny_config(tmp_path / name, symbols, source="sample", epochs=2, threads=1)
+        cfg = apply_overrides(cfg, noisy | {"run": {"parallel": len(symbols)}})
+        out = {o["symbol"]: o for o in train_universe(cfg)}
+        assert {o["status"] for o in out.values()} == {"completed"}
+        return _weights(out["AAPL"]["model_path"])
+
+    assert _same(aapl("pair", ["AAPL", "MSFT"]), aapl("trio", ["AAPL", "IBM", "GOOG"]))
 
 
 def test_config_typo_exits_2_naming_the_key(tmp_path, capsys):
@@ -203,10 +246,10 @@ def test_cli_trains_on_yahoo_style_csv_exports(tmp_path):
     code = main(["--symbols", "AAPL,MSFT", "--source", f"files:{data}", "--results", str(tmp_path / "r"),
                  "--config", str(_tiny_yaml(tmp_path))])
     assert code == 0
-    runs = ResultsStore(tmp_path / "r").symbol_runs()
+    with ResultsStore(tmp_path / "r") as store:
+        runs = store.symbol_runs()
     assert sorted((r["symbol"], r["status"]) for r in runs) == [("AAPL", "completed"), ("MSFT", "completed")]
     # the adjusted bars are the sample's again: same fingerprint as the original
-    from tasks.sources import bars_fingerprint
     fp = {r["symbol"]: r["data_fingerprint"] for r in runs}
     adjusted = load_bars("AAPL", f"files:{data}")
     np_close = adjusted["close"].to_numpy()
@@ -219,7 +262,8 @@ def test_too_short_history_fails_validation_naming_symbol_and_fix(tmp_path, caps
     code = main(["--source", "synthetic", "--symbols", "AAA", "--days", "120", "--results", str(tmp_path),
                  "--config", str(_tiny_yaml(tmp_path))])
     assert code == 1
-    (row,) = ResultsStore(tmp_path).symbol_runs()
+    with ResultsStore(tmp_path) as store:
+        (row,) = store.symbol_runs()
     assert row["status"] == "failed" and row["model_path"] is None
     assert row["error"].startswith("DataQualityError: AAA")
     assert "min_rows" in row["error"] and "120" in row["error"] and "--days" in row["error"]

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from configs.schema import DataConfig, FeatureConfig
-from tasks.sources import load_bars
+from tasks.sources import bars_fingerprint, load_bars
 from tasks.steps import ParquetSerializer, artifact_key, features_key, fetch_key
 
 
@@ -54,13 +54,15 @@ def test_fetch_key_changes_when_a_source_file_is_edited(tmp_path):
 
 def test_features_key_follows_data_and_config():
     bars = load_bars("AAA", "synthetic", days=300)
-    params = {"bars": bars, "cfg": FeatureConfig()}
-    key = features_key(None, params)
-    assert features_key(None, {"bars": bars.clone(), "cfg": FeatureConfig()}) == key
+
+    def key(frame: pl.DataFrame, cfg: FeatureConfig = FeatureConfig()) -> str:
+        return features_key(None, {"bars": frame, "cfg": cfg, "fingerprint": bars_fingerprint(frame)})
+
+    assert key(bars.clone()) == key(bars)
     changed = bars.with_columns(pl.when(pl.int_range(bars.height) == 10).then(pl.col("close") * 1.01)
                                 .otherwise(pl.col("close")).alias("close"))
-    assert features_key(None, {"bars": changed, "cfg": FeatureConfig()}) != key
-    assert features_key(None, {"bars": bars, "cfg": FeatureConfig(columns=["ret_1"])}) != key
+    assert key(changed) != key(bars)
+    assert key(bars, FeatureConfig(columns=["ret_1"])) != key(bars)
 
 
 @pytest.mark.parametrize("symbol,key", [("AAPL", "metrics-aapl"), ("BRK-B", "metrics-brk-b"),

@@ -11,7 +11,8 @@ import pytest
 
 from configs.schema import WindowConfig
 from tasks.features import WARMUP_ROWS, build_features
-from tasks.windows import Scaler, latest_window, make_windows, required_rows
+from tasks.plan import required_rows
+from tasks.windows import Scaler, latest_window, make_windows
 
 
 def feature_frame(n: int, f: int = 3, seed: int = 0) -> pl.DataFrame:
@@ -56,7 +57,8 @@ def test_hand_computed_targets_and_inputs():
 ])
 def test_embargo_and_chronology(seq_len, horizons, val_frac, test_frac, stride):
     frame = feature_frame(1200)
-    w = make_windows(frame, seq_len, horizons, val_frac, test_frac, stride)
+    w = make_windows(frame, seq_len=seq_len, horizons=horizons, val_frac=val_frac, test_frac=test_frac,
+                     stride=stride)
     dates = frame["date"].to_numpy()
     big = max(horizons)
     parts = [w.train, w.val, w.test]
@@ -155,8 +157,8 @@ def test_leak_test_on_bars(make_bars):
     (60, (1, 5, 10, 30), 0.15, 0.15), (10, (1,), 0.1, 0.1), (5, (2, 3), 0.45, 0.45), (30, (7,), 0.01, 0.3),
 ])
 def test_required_rows_is_exact(seq_len, horizons, val_frac, test_frac):
-    need = required_rows(seq_len, horizons, val_frac, test_frac)
     kw = dict(seq_len=seq_len, horizons=horizons, val_frac=val_frac, test_frac=test_frac)
+    need = required_rows(WindowConfig(**kw))
     for n in range(need, need + 120, 7):  # enough rows, and every longer frame too
         w = make_windows(feature_frame(n), **kw)
         assert min(len(w.train), len(w.val), len(w.test)) >= 1
@@ -164,22 +166,18 @@ def test_required_rows_is_exact(seq_len, horizons, val_frac, test_frac):
         make_windows(feature_frame(need - 1), **kw, symbol="ABC")
     msg = str(err.value)
     assert f"ABC: {need - 1} feature rows, need >= {need}" in msg
-    assert f"seq_len {seq_len}" in msg and "longer history" in msg
+    assert f"windows.seq_len {seq_len}" in msg and "longer history" in msg
 
 
-def test_required_rows_default_value():
-    # 3 windows (one per split) + 2 embargo gaps of (30 + 60 - 1) ends + the
-    # 60 - 1 rows before the first end and the 30 rows after the last one.
-    assert required_rows(60, (1, 5, 10, 30), 0.15, 0.15) == 3 + 2 * 89 + 59 + 30
-
-
-def test_config_overrides_keywords():
+def test_config_and_keywords_are_one_validation():
     frame = feature_frame(500)
     cfg = WindowConfig(seq_len=12, horizons=[2, 1], val_frac=0.1, test_frac=0.2, stride=2)
-    w = make_windows(frame, seq_len=99, horizons=(50,), cfg=cfg)
+    w = make_windows(frame, cfg)
     assert w.seq_len == 12 and w.horizons == (1, 2) and w.train.x.shape[1] == 12
-    a = make_windows(frame, 12, (1, 2), 0.1, 0.2, 2)
+    a = make_windows(frame, seq_len=12, horizons=(1, 2), val_frac=0.1, test_frac=0.2, stride=2)
     np.testing.assert_array_equal(a.test.y, w.test.y)
+    with pytest.raises(TypeError, match="not both"):
+        make_windows(frame, cfg, seq_len=99)
 
 
 def test_bad_frames_raise():

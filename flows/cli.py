@@ -1,0 +1,57 @@
+"""What the command lines share: the flags that override the config, and the
+checks that fail a whole run before any work is done (exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from configs.load import named_overrides, resolve_symbols
+from configs.schema import Config
+
+# name (as in configs.load.OVERRIDE_KEYS) -> (flag, type, help)
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "symbols": ("--symbols", str, "comma-separated tickers or universe names (TEST, SAMPLE, TIER_1)"),
+    "source": ("--source", str, "sample | synthetic | yfinance | files:DIR"),
+    "days": ("--days", int, "last N trading days of history"),
+    "epochs": ("--epochs", int, "most training epochs per symbol"),
+    "batch_size": ("--batch-size", int, "training batch size"),
+    "seed": ("--seed", int, "training seed"),
+    "threads": ("--threads", int, "torch threads per trainer (default: cores / --parallel); "
+                                  "the weights depend on it, so fix it to compare runs"),
+    "parallel": ("--parallel", int, "symbols handled at the same time"),
+    "results_dir": ("--results", str, "results directory (default results/)"),
+    "store_url": ("--store-url", str, "SQLAlchemy URL of the results database (default sqlite RESULTS/store.db)"),
+}
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        flag, kind, text = FLAGS[name]
+        parser.add_argument(flag, dest=name, type=kind, help=text)
+
+
+def symbol_list(text: str | None) -> list[str] | None:
+    """``"AAPL, msft"`` -> ``["AAPL", "msft"]``; None stays None (flag not given)."""
+    return None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def flag_overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The given flags among ``names`` as config overrides (``configs.load.apply_overrides``)."""
+    values = {n: getattr(args, n) for n in names}
+    if "symbols" in values:
+        values["symbols"] = symbol_list(values["symbols"])
+    return named_overrides(**values)
+
+
+def check_run(config: Config) -> list[str]:
+    """What can be known wrong before any symbol is touched: the symbols or
+    universe names, the source, the feature columns. Returns the symbols."""
+    # Imported here: the pipeline's modules pull in torch and Prefect, which
+    # `--help` does not need.
+    from tasks.features import feature_names
+    from tasks.sources import check_source
+
+    check_source(config.data.source)
+    feature_names(config.features)
+    return resolve_symbols(config.run.symbols)

@@ -1,0 +1,137 @@
+"""Nightly retrain, then forecast: ``python -m flows.nightly`` (scheduled by ``deployments/``).
+
+``nightly_retrain`` is a training run (``flows.train.run_symbols``) whose
+per-symbol subflow, ``nightly_symbol``, trains the symbol on fresh bars
+(``train_symbol``) and then forecasts from the new model
+(``forecast_symbol``). The config is ``configs/nightly.yaml`` unless told
+otherwise; the parameters below override it for one run (the Prefect UI's
+run form shows them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from configs.load import ConfigError, load_config, named_overrides
+from configs.schema import Config
+from flows.cli import add_flags, check_run, flag_overrides, symbol_list
+from flows.fanout import error_text
+from flows.predict import forecast_symbol, publish_forecasts
+from flows.train import run_symbols, summary_table, train_symbol
+
+NIGHTLY_CONFIG = "configs/nightly.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class NightlyError(RuntimeError):
+    """Some symbols failed to train or forecast (the others were stored and forecast)."""
+
+    def __init__(self, message: str, outcomes: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.outcomes)
+
+
+def resolve_config_path(path: str) -> Path:
+    """``path`` as given if it exists (relative to the working directory),
+    else relative to the repository, so ``configs/nightly.yaml`` works from a
+    worker's or server's own directory."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    if not given.is_absolute() and (REPO_ROOT / given).is_file():
+        return REPO_ROOT / given
+    raise ConfigError(f"config file {path} not found in {Path.cwd()} nor in {REPO_ROOT}; "
+                      f"set config_path to an existing YAML file (e.g. {NIGHTLY_CONFIG})")
+
+
+@flow(name="nightly-symbol", flow_run_name="nightly-{symbol}")
+def nightly_symbol(symbol: str, config: Config, run_id: str, resume: bool = False) -> dict[str, Any]:
+    """Train one symbol, then forecast from its new model. A training failure
+    raises (the parent records it); a forecast failure is kept in the outcome."""
+    outcome = train_symbol(symbol, config, run_id, resume)
+    state = forecast_symbol(symbol, config.data.source, config.run.results_dir, config.run.store_url,
+                            return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        return outcome | {"forecasts": [], "error": f"forecast: {error_text(result)}"}
+    return outcome | {"forecasts": result}
+
+
+def nightly_config(config_path: str = NIGHTLY_CONFIG, **overrides: Any) -> Config:
+    """The nightly config file with the run's overrides (names of ``configs.load.OVERRIDE_KEYS``)."""
+    return load_config(resolve_config_path(config_path), named_overrides(**overrides))
+
+
+@flow(name="nightly-retrain")
+def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None = None,
+                    source: str | None = None, days: int | None = None, epochs: int | None = None,
+                    results_dir: str | None = None, store_url: str | None = None,
+                    parallel: int | None = None) -> list[dict[str, Any]]:
+    """Retrain every symbol of the config on fresh bars, then forecast each one that trained.
+
+    Fails (after storing everything that succeeded) if any symbol failed to
+    train or forecast, so the UI shows the run as Failed with the reasons.
+
+    Args:
+        config_path: YAML config, relative to the working directory or the repository.
+        symbols: tickers or universe names (SAMPLE, TEST, TIER_1); empty: the config's.
+        source: sample | synthetic | yfinance | files:DIR; empty: the config's.
+        days: last N trading days of history; empty: the config's.
+        epochs: most training epochs per symbol; empty: the config's.
+        results_dir: results directory (models, store.db); empty: the config's.
+        store_url: SQLAlchemy URL of the results database; empty: the config's.
+        parallel: symbols handled at the same time; empty: the config's.
+    """
+    log = get_run_logger()
+    config = nightly_config(config_path, symbols=symbols, source=source, days=days, epochs=epochs,
+                            results_dir=results_dir, store_url=store_url, parallel=parallel)
+    log.info("config %s: symbols %s, source %s, %d epochs, results in %s", config_path, config.run.symbols,
+             config.data.source, config.training.epochs, Path(config.run.results_dir).resolve())
+    outcomes = run_symbols(config, nightly_symbol)
+    forecasts = [row for o in outcomes for row in o.get("forecasts", [])]
+    publish_forecasts(forecasts, config.run.results_dir)
+    failures = {o["symbol"]: o["error"] for o in outcomes if o["error"]}
+    if failures:
+        raise NightlyError(f"{len(failures)} of {len(outcomes)} symbols failed: "
+                           + "; ".join(f"{s}: {e}" for s, e in failures.items()), outcomes)
+    log.info("%d symbols retrained and forecast (%d forecasts)", len(outcomes), len(forecasts))
+    return outcomes
+
+
+NIGHTLY_FLAGS = ("symbols", "source", "days", "epochs", "results_dir", "store_url", "parallel")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=NIGHTLY_CONFIG, help=f"YAML config (default {NIGHTLY_CONFIG})")
+    add_flags(p, *NIGHTLY_FLAGS)
+    args = p.parse_args(argv)
+    try:
+        config = load_config(resolve_config_path(args.config), flag_overrides(args, *NIGHTLY_FLAGS))
+        check_run(config)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kwargs = {n: getattr(args, n) for n in NIGHTLY_FLAGS} | {"symbols": symbol_list(args.symbols)}
+    try:
+        outcomes = nightly_retrain(args.config, **kwargs)
+    except NightlyError as exc:
+        outcomes = exc.outcomes
+    print()
+    print(summary_table(outcomes, config.windows.horizons))
+    failed = [o["symbol"] for o in outcomes if o["error"]]
+    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} symbols retrained and forecast"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

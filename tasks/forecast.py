@@ -1,0 +1,71 @@
+"""Forecast with a saved model: rebuild it, read the latest window, forecast.
+
+The pure steps of ``flows.predict`` (as ``tasks.train`` is for training):
+
+    load_forecaster   weights + metadata -> a MambaForecaster in eval mode
+    forecast_data     the model's data config, pointed at fresh bars
+    forecast_rows     the latest window of a feature frame -> one row per horizon
+
+A row holds the forecast log return ``r`` and price ``close * exp(r)`` of one
+horizon, with the as-of date (the last bar) and the target date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from configs.schema import Config, DataConfig, ModelConfig
+from mamba.model import MambaForecaster
+from tasks.windows import Scaler, latest_window
+
+
+def load_forecaster(state_dict: dict[str, torch.Tensor], n_features: int, horizons: list[int],
+                    model: ModelConfig) -> MambaForecaster:
+    """A ``MambaForecaster`` in eval mode with ``state_dict`` loaded (strict)."""
+    net = MambaForecaster(n_features=n_features, horizons=list(horizons), **model.model_dump())
+    net.load_state_dict(state_dict, strict=True)
+    return net.eval()
+
+
+@torch.no_grad()
+def predict_windows(model: MambaForecaster, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Forecasts (n, h) for windows ``x`` (n, l, f), in batches."""
+    out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, len(model.horizons)), np.float32)
+
+
+def target_date(as_of: dt.date, h: int) -> dt.date:
+    """The date h trading days after ``as_of``: weekdays, no holiday calendar
+    (a holiday in between makes the real date one day later)."""
+    return np.busday_offset(np.datetime64(as_of, "D"), h, roll="forward").astype(dt.date)
+
+
+def model_config(meta: dict[str, Any]) -> Config:
+    """The config a saved model was trained with, validated as a whole."""
+    return Config.model_validate(meta["config"])
+
+
+def forecast_data(config: Config, source: str | None) -> DataConfig:
+    """The model's data section for forecasting: the same bars, up to the
+    latest one (a training ``end`` date does not bound a forecast), from
+    ``source`` when given."""
+    return config.data.model_copy(update={"end": None, **({"source": source} if source else {})})
+
+
+def forecast_rows(net: MambaForecaster, meta: dict[str, Any], frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """One forecast per horizon from the last ``seq_len`` rows of ``frame``
+    (``build_features`` output), scaled with the model's training scaler."""
+    x, as_of, close = latest_window(frame, meta["feature_names"], Scaler.from_dict(meta["scaler"]),
+                                    meta["seq_len"])
+    returns = predict_windows(net, x)[0]  # (h,)
+    return [{
+        "model_run_id": meta["run_id"], "symbol": meta["symbol"], "as_of": as_of, "horizon": int(h),
+        "target_date": target_date(as_of, int(h)), "predicted_return": float(r),
+        "predicted_price": float(close * math.exp(r)), "last_close": float(close),
+    } for h, r in zip(meta["horizons"], returns)]
