@@ -73,6 +73,7 @@ class Split:
     y: np.ndarray  # (n, h) float32, ln(close[t+h] / close[t])
     end_dates: np.ndarray  # (n,) datetime64[D], the date t of each window's last bar
     close: np.ndarray  # (n,) float64, close at t: forecast price = close * exp(y)
+    ends: np.ndarray  # (n,) int64, row t of each window's last bar in the feature frame (for tasks.baselines)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -162,7 +163,7 @@ def make_windows(frame: pl.DataFrame, cfg: WindowConfig | None = None, *, symbol
     def split(e: np.ndarray) -> Split:
         x = np.ascontiguousarray(windows[e - seq_len + 1].transpose(0, 2, 1))  # (n, l, f)
         y = np.log(close[e[:, None] + h] / close[e[:, None]]).astype(np.float32)  # (n, h)
-        return Split(x=x, y=y, end_dates=dates[e], close=close[e])
+        return Split(x=x, y=y, end_dates=dates[e], close=close[e], ends=e.astype(np.int64))
 
     train, val, test = (split(e) for e in ends)
     return Windows(train=train, val=val, test=test, scaler=scaler, feature_names=names,
