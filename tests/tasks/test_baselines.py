@@ -30,7 +30,7 @@ CLOSE = 50 * np.exp(np.r_[0.0, np.cumsum(garch_returns(1199, seed=3))])  # (1200
 
 
 def windows_of(close: np.ndarray) -> Windows:
-    return make_windows(frame_from(close), SEQ_LEN, HORIZONS, val_frac=0.2, test_frac=0.2)
+    return make_windows(frame_from(close), seq_len=SEQ_LEN, horizons=HORIZONS, val_frac=0.2, test_frac=0.2)
 
 
 def fit(w: Windows, close: np.ndarray) -> BaselineParams:
