@@ -1,7 +1,8 @@
-"""Results store: what every run learned, in SQL, and the model files on disk.
+"""The SQL side of the results store: ``ResultsStore``, its queries, the SQLite setup.
 
 The database (SQLAlchemy Core; SQLite ``RESULTS/store.db`` by default, any
-URL such as PostgreSQL for several machines) has five tables:
+URL such as PostgreSQL for several machines) has five tables, defined in
+``tasks.store.tables``:
 
     runs           one row per train_universe run: config, symbols, status
     symbol_runs    one row per (run, symbol): completed | failed, the reason,
@@ -14,120 +15,48 @@ Every write method runs in one transaction and replaces the rows it names
 (re-recording an epoch, a horizon or a symbol outcome overwrites it), so a
 retried task never duplicates rows. Symbols in rows are stored as given (a
 symbol that failed validation is still recorded, with its reason); only
-``save_model``, where a symbol becomes a path, validates it. On SQLite the store turns on WAL and a
-busy timeout and starts write transactions with ``BEGIN IMMEDIATE``: writers
-queue for the lock instead of failing with "database is locked" when the flow
-trains several symbols in threads. (WAL needs a local disk, not NFS; use
-PostgreSQL to share a store between machines.)
+``save_model``, where a symbol becomes a path, validates it. On SQLite the
+store turns on WAL and a busy timeout and starts write transactions with
+``BEGIN IMMEDIATE``: writers queue for the lock instead of failing with
+"database is locked" when the flow trains several symbols in threads. (WAL
+needs a local disk, not NFS; use PostgreSQL to share a store between
+machines.)
 
-A model lives at ``RESULTS/models/SYMBOL/RUN_ID/`` as ``weights.safetensors``
-and ``metadata.json``. ``save_model`` writes both into a hidden sibling
-directory, fsyncs, and renames it into place, so a crash leaves either the
-whole model or nothing; ``load_model`` reads them with safetensors and json
-only, never pickle.
+Run ids and ``to_json`` live here too: the store mints the ids and keeps
+configs as JSON; ``model_files`` uses both for a model's path and metadata.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
-import os
 import re
 import secrets
-import shutil
-import sys
 from contextlib import contextmanager
-from importlib import metadata as importlib_metadata
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from sqlalchemy import (
-    Column, Connection, Date, DateTime, Float, ForeignKey, Integer, MetaData,
-    String, Table, Text, create_engine, delete, event, func, select, update,
-)
+from sqlalchemy import Connection, Table, create_engine, delete, event, func, select, update
 
-from tasks.evaluate import EVALUATION_KEYS
-from tasks.sources import validate_symbol
+from tasks.store.tables import EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
 
-WEIGHTS_FILE = "weights.safetensors"
-METADATA_FILE = "metadata.json"
 RUN_STATUSES = ("running", "completed", "partial", "failed")
 SYMBOL_STATUSES = ("completed", "failed")
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
-def _check_run_id(run_id: str) -> str:
+def check_run_id(run_id: str) -> str:
+    """``run_id`` itself if it is a valid run id; a run id becomes a directory
+    name under ``models/SYMBOL/``, so nothing that could climb out is let through."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValueError(
             f"bad run id {run_id!r}: use up to 64 letters, digits, '_', '.', '-', "
             "starting with a letter or digit (ResultsStore.new_run_id() makes one)"
         )
     return run_id
-
-
-# ---------------------------------------------------------------- tables
-
-_meta = MetaData()
-_ts = DateTime(timezone=True)  # written as UTC; SQLite keeps it naive, read back as UTC
-
-RUNS = Table(
-    "runs", _meta,
-    Column("run_id", String(64), primary_key=True),
-    Column("started_at", _ts, nullable=False),
-    Column("finished_at", _ts),
-    Column("status", String(16), nullable=False),
-    Column("config", Text, nullable=False),       # JSON
-    Column("symbols", Text, nullable=False),      # JSON list
-)
-SYMBOL_RUNS = Table(
-    "symbol_runs", _meta,
-    Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
-    Column("symbol", String, primary_key=True),
-    Column("status", String(16), nullable=False),
-    Column("error", Text),
-    Column("rows", Integer),
-    Column("windows", Integer),
-    Column("parameters", Integer),
-    Column("epochs", Integer),
-    Column("best_val_loss", Float),
-    Column("seconds", Float),
-    Column("model_path", Text),
-    Column("data_fingerprint", String),
-    Column("started_at", _ts),
-    Column("finished_at", _ts),
-)
-EPOCH_METRICS = Table(
-    "epoch_metrics", _meta,
-    Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
-    Column("symbol", String, primary_key=True),
-    Column("epoch", Integer, primary_key=True),
-    *(Column(c, Float) for c in ("train_loss", "val_loss", "train_mae", "val_mae", "lr", "seconds")),
-)
-EVALUATIONS = Table(
-    "evaluations", _meta,
-    Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),
-    Column("symbol", String, primary_key=True),
-    Column("horizon", Integer, primary_key=True),
-    Column("n", Integer, nullable=False),
-    *(Column(k, Float) for k in EVALUATION_KEYS[2:]),
-)
-PREDICTIONS = Table(
-    "predictions", _meta,
-    Column("model_run_id", String(64), primary_key=True),  # the run that trained the model
-    Column("symbol", String, primary_key=True),
-    Column("as_of", Date, primary_key=True),
-    Column("horizon", Integer, primary_key=True),
-    Column("target_date", Date, nullable=False),
-    Column("predicted_return", Float, nullable=False),
-    Column("predicted_price", Float, nullable=False),
-    Column("last_close", Float, nullable=False),
-    Column("created_at", _ts, nullable=False),
-)
 
 
 # ---------------------------------------------------------------- value helpers
@@ -197,7 +126,13 @@ def _rows_for(table: Table, rows: list[dict], fixed: dict, required: tuple[str, 
 # ---------------------------------------------------------------- the store
 
 class ResultsStore:
-    """The SQL side of the results store. Safe to share between threads."""
+    """The SQL side of the results store. Safe to share between threads.
+
+    Open it in a ``with`` block, or call ``close()`` when done: that closes
+    its pooled connections. (On SQLite, once no connection from any store is
+    left, SQLite folds the WAL back into ``store.db`` and deletes the ``-wal``
+    and ``-shm`` files.)
+    """
 
     def __init__(self, results_dir: str | Path, url: str | None = None):
         self.results_dir = Path(results_dir).resolve()
@@ -205,33 +140,44 @@ class ResultsStore:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{self.results_dir / 'store.db'}"
         self.engine = create_engine(url)
+        self.closed = False
         self.url = self.engine.url.render_as_string(hide_password=True)  # for messages
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
         with self._write() as conn:
-            _meta.create_all(conn)
+            SCHEMA.create_all(conn)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.results_dir)!r}, url={self.url!r})"
 
     def close(self) -> None:
+        """Close the pooled connections; closing again does nothing."""
+        self.closed = True
         self.engine.dispose()
 
-    def __enter__(self) -> "ResultsStore":
+    def __enter__(self) -> ResultsStore:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()  # an exception from the block propagates
+
+    def _connect(self) -> Connection:
+        # A disposed engine would quietly open a new pool, and that pool's
+        # connections would never be closed: refuse instead.
+        if self.closed:
+            raise RuntimeError(f"{self!r} is closed; open a new one: with ResultsStore(...) as store")
+        return self.engine.connect()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             conn.execution_options(mambaflow_write=True)  # -> BEGIN IMMEDIATE on SQLite
             with conn.begin():
                 yield conn
 
     def _read(self, query) -> list[dict]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [_from_db(dict(r._mapping)) for r in conn.execute(query)]
 
     @staticmethod
@@ -243,7 +189,7 @@ class ResultsStore:
 
     def start_run(self, run_id: str, config: dict, symbols: list[str]) -> None:
         row = {
-            "run_id": _check_run_id(run_id), "started_at": _now(), "status": "running",
+            "run_id": check_run_id(run_id), "started_at": _now(), "status": "running",
             "config": to_json(config), "symbols": json.dumps(list(symbols)),
         }
         with self._write() as conn:
@@ -418,119 +364,3 @@ def _sqlite_setup(engine) -> None:
     def _begin(conn):
         write = conn.get_execution_options().get("mambaflow_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-# ---------------------------------------------------------------- model files
-
-class ModelFileError(ValueError):
-    """A model directory that cannot be loaded safely."""
-
-
-def save_model(
-    results_dir: str | Path, symbol: str, run_id: str,
-    state_dict: dict[str, torch.Tensor], metadata: dict,
-) -> Path:
-    """Write ``RESULTS/models/SYMBOL/RUN_ID/{weights.safetensors,metadata.json}`` atomically.
-
-    Both files go into a hidden temporary sibling, are fsynced, and the
-    directory is renamed into place. A crash before the rename leaves no
-    model directory (only the hidden temp directory, removed by the next save
-    of the same run); after it, the whole model. An existing model directory
-    is never replaced: FileExistsError (run ids are unique, so this means the
-    run was already saved). Returns the model directory.
-    """
-    symbol = validate_symbol(symbol)  # it becomes a path: checked, canonical case
-    _check_run_id(run_id)
-    if not isinstance(metadata, dict):
-        raise TypeError(f"{symbol}: metadata must be a dict, got {type(metadata).__name__}")
-    text = to_json(metadata)  # fails before anything touches the disk
-    # own, contiguous CPU copies: safetensors refuses views and shared storage
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    parent = Path(results_dir) / "models" / symbol
-    final = parent / run_id
-    if final.exists():
-        raise FileExistsError(f"{symbol}: model {final} already exists; save under a new run id")
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{run_id}.*.tmp"):  # left by a crashed save of this run
-        shutil.rmtree(stale)
-    tmp = parent / f".{run_id}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    try:
-        save_file(tensors, tmp / WEIGHTS_FILE)
-        _fsync_file(tmp / WEIGHTS_FILE)
-        with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise FileExistsError(f"{symbol}: model {final} appeared while saving") from e
-            raise
-        _fsync_dir(parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return final
-
-
-def load_model(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict on CPU, metadata) of a model directory; never unpickles."""
-    model_dir = Path(model_dir)
-    weights, meta = model_dir / WEIGHTS_FILE, model_dir / METADATA_FILE
-    for f in (weights, meta):
-        if not f.is_file():
-            raise ModelFileError(f"{f} is missing: a model directory holds {WEIGHTS_FILE} and {METADATA_FILE}")
-    try:
-        state = load_file(weights, device="cpu")
-    except SafetensorError as e:
-        raise ModelFileError(
-            f"{weights} is not a safetensors file ({e}); refusing it: models are never unpickled. "
-            "Retrain, or convert it yourself with safetensors.torch.save_file"
-        ) from e
-    try:
-        metadata = json.loads(meta.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{meta} is not JSON: {e}") from e
-    if not isinstance(metadata, dict):
-        raise ModelFileError(f"{meta} holds a {type(metadata).__name__}, expected a JSON object")
-    return state, metadata
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # makes a rename / new entry durable; directories cannot be opened on Windows
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions of the libraries that shape a model, for its metadata."""
-    def version(*dists: str) -> str | None:
-        for d in dists:
-            try:
-                return importlib_metadata.version(d)
-            except importlib_metadata.PackageNotFoundError:
-                continue
-        return None
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": version("torch"),
-        "lightning": version("lightning", "pytorch-lightning"),
-        "polars": version("polars"),
-        "prefect": version("prefect"),
-        "numpy": version("numpy"),
-        "safetensors": version("safetensors"),
-        "mambaflow": version("mambaflow"),
-    }

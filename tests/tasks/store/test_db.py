@@ -1,8 +1,9 @@
-"""Results store: table round trips, upserts, concurrency, atomic model files."""
+"""Results store, SQL side: table round trips, upserts, concurrency, closing."""
 
+import contextlib
 import datetime as dt
 import json
-import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -13,53 +14,70 @@ import torch
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-import tasks.store as store_mod
 from tasks.evaluate import EVALUATION_KEYS, evaluate_forecasts
-from tasks.store import (
-    METADATA_FILE, WEIGHTS_FILE, ModelFileError, ResultsStore, load_model,
-    package_versions, save_model, to_json,
-)
+from tasks.store import SCHEMA, ResultsStore, to_json
 
 UTC = dt.timezone.utc
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = ResultsStore(tmp_path / "results")
-    yield s
-    s.close()
-
-
-def _state(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "layers.0.A_log": torch.randn(8, 4, generator=g),
-        "layers.0.D": torch.randn(8, generator=g, dtype=torch.float64),
-        "head.weight": torch.randn(4, 3, generator=g).T,      # non-contiguous view
-        "step": torch.tensor(7, dtype=torch.int64),
-        "half": torch.randn(5, generator=g).to(torch.bfloat16),
-    }
+    with ResultsStore(tmp_path / "results") as s:
+        yield s
 
 
 # ---------------------------------------------------------------- SQL tables
 
 def test_default_url_is_sqlite_in_results_dir_with_wal(tmp_path):
-    s = ResultsStore(tmp_path / "new" / "results")
-    assert (tmp_path / "new" / "results" / "store.db").is_file()
-    with s.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
-    assert set(sa.inspect(s.engine).get_table_names()) == {
-        "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions"}
-    s.close()
+    with ResultsStore(tmp_path / "new" / "results") as s:
+        assert (tmp_path / "new" / "results" / "store.db").is_file()
+        with s.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
+        assert set(sa.inspect(s.engine).get_table_names()) == {
+            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions"}
 
 
 def test_any_url_is_used_and_shown_without_password(tmp_path):
-    s = ResultsStore(tmp_path / "results", url=f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    s.start_run("r1", {}, [])
-    assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "results").exists()
-    assert s.url == f"sqlite:///{tmp_path / 'elsewhere.db'}" and "elsewhere.db" in repr(s)
+    with ResultsStore(tmp_path / "results", url=f"sqlite:///{tmp_path / 'elsewhere.db'}") as s:
+        s.start_run("r1", {}, [])
+        assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "results").exists()
+        assert s.url == f"sqlite:///{tmp_path / 'elsewhere.db'}" and "elsewhere.db" in repr(s)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_leaving_the_with_block_closes_every_connection(tmp_path):
+    with ResultsStore(tmp_path) as s:
+        s.start_run("r1", {}, ["AAPL"])
+        assert [r["run_id"] for r in s.runs()] == ["r1"]
+        # an open connection to a WAL database keeps its -wal and -shm files
+        assert _files(tmp_path) == ["store.db", "store.db-shm", "store.db-wal"]
+        assert s.engine.pool.checkedin() == 1
+    # the last connection to close checkpoints the WAL into store.db and deletes both
+    assert _files(tmp_path) == ["store.db"]
+    assert s.closed and s.engine.pool.checkedin() == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.db")) as db:
+        assert db.execute("SELECT run_id, status FROM runs").fetchall() == [("r1", "running")]
+
+
+def test_a_closed_store_refuses_use_and_closes_again_quietly(tmp_path):
+    with pytest.raises(KeyError, match="boom"):            # the block's error propagates
+        with ResultsStore(tmp_path) as s:
+            s.start_run("r1", {}, [])
+            raise KeyError("boom")
+    assert s.closed and _files(tmp_path) == ["store.db"]   # closed on the way out
     s.close()
+    s.close()
+    with pytest.raises(RuntimeError, match=r"ResultsStore\(.*\) is closed; open a new one"):
+        s.runs()
+    with pytest.raises(RuntimeError, match="is closed"):
+        s.finish_run("r1", "completed")
+    assert _files(tmp_path) == ["store.db"]                # no connection was reopened
+    with ResultsStore(tmp_path) as again:
+        assert [(r["run_id"], r["status"]) for r in again.runs()] == [("r1", "running")]
 
 
 def test_run_ids_sort_by_time_and_are_unique():
@@ -231,44 +249,42 @@ def test_latest_completed_one_query_latest_completed_row_per_symbol(store):
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
 def test_concurrent_writes_from_threads_all_land(tmp_path, shared):
-    main = ResultsStore(tmp_path)
-    rid = main.new_run_id()
     symbols = ["AAPL", "MSFT", "GOOG", "NVDA"]
-    main.start_run(rid, {}, symbols)
-    barrier, errors = threading.Barrier(len(symbols)), []
+    # a timeout: a thread that fails before the barrier breaks it instead of hanging the others
+    barrier, errors = threading.Barrier(len(symbols), timeout=60), []
 
-    def work(symbol):
-        s = main if shared else ResultsStore(tmp_path)
+    def work(main, rid, symbol):
         try:
-            barrier.wait()
-            for e in range(25):          # one transaction per epoch, like a live logger
-                s.record_epochs(rid, symbol, [{"epoch": e, "val_loss": e / 10}])
-                s.symbol_runs(rid)        # interleaved reads
-            s.record_evaluation(rid, symbol, evaluate_forecasts(
-                np.ones((3, 1)), np.ones((3, 1)), [1], np.zeros((2, 1))))
-            s.record_symbol(rid, symbol, "completed", epochs=25)
+            # the shared store stays open for the others: only a store of its own is closed
+            with contextlib.nullcontext(main) if shared else ResultsStore(tmp_path) as s:
+                barrier.wait()
+                for e in range(25):          # one transaction per epoch, like a live logger
+                    s.record_epochs(rid, symbol, [{"epoch": e, "val_loss": e / 10}])
+                    s.symbol_runs(rid)        # interleaved reads
+                s.record_evaluation(rid, symbol, evaluate_forecasts(
+                    np.ones((3, 1)), np.ones((3, 1)), [1], np.zeros((2, 1))))
+                s.record_symbol(rid, symbol, "completed", epochs=25)
         except Exception as e:  # noqa: BLE001 - collected and asserted below
             errors.append(e)
-        finally:
-            if not shared:
-                s.close()
 
-    threads = [threading.Thread(target=work, args=(sym,)) for sym in symbols]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert [r["symbol"] for r in main.symbol_runs(rid)] == sorted(symbols)
-    for sym in symbols:
-        assert [r["val_loss"] for r in main.epoch_metrics(rid, sym)] == [e / 10 for e in range(25)]
-        assert main.evaluations(rid, sym)[0]["skill_zero"] == 1.0
-    main.close()
+    with ResultsStore(tmp_path) as main:
+        rid = main.new_run_id()
+        main.start_run(rid, {}, symbols)
+        threads = [threading.Thread(target=work, args=(main, rid, sym)) for sym in symbols]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert [r["symbol"] for r in main.symbol_runs(rid)] == sorted(symbols)
+        for sym in symbols:
+            assert [r["val_loss"] for r in main.epoch_metrics(rid, sym)] == [e / 10 for e in range(25)]
+            assert main.evaluations(rid, sym)[0]["skill_zero"] == 1.0
 
 
 def test_schema_compiles_for_postgresql():
     def ddl_rows(name: str) -> set[str]:
-        ddl = str(CreateTable(store_mod._meta.tables[name]).compile(dialect=postgresql.dialect()))
+        ddl = str(CreateTable(SCHEMA.tables[name]).compile(dialect=postgresql.dialect()))
         return {row.strip().rstrip(",").strip() for row in ddl.splitlines()}
 
     key = {"runs": "run_id", "symbol_runs": "run_id, symbol", "epoch_metrics": "run_id, symbol, epoch",
@@ -277,7 +293,7 @@ def test_schema_compiles_for_postgresql():
               "symbol_runs": {"started_at TIMESTAMP WITH TIME ZONE", "finished_at TIMESTAMP WITH TIME ZONE"},
               "epoch_metrics": set(), "evaluations": set(),
               "predictions": {"created_at TIMESTAMP WITH TIME ZONE NOT NULL"}}
-    assert set(store_mod._meta.tables) == set(key)
+    assert set(SCHEMA.tables) == set(key)
     for name, columns in key.items():
         rows = ddl_rows(name)
         assert f"PRIMARY KEY ({columns})" in rows, name
@@ -288,110 +304,6 @@ def test_schema_compiles_for_postgresql():
     assert {"epoch INTEGER NOT NULL", *(f"{c} FLOAT" for c in metrics)} <= epochs
     assert {"horizon INTEGER NOT NULL", "n INTEGER NOT NULL", *(f"{k} FLOAT" for k in EVALUATION_KEYS[2:])} <= evals
     assert all("FOREIGN KEY(run_id) REFERENCES runs (run_id)" in r for r in (epochs, evals))
-
-
-# ---------------------------------------------------------------- model files
-
-METADATA = {
-    "config": {"model": {"d_model": 64}}, "features": ["ret_1", "rsi_14"],
-    "scaler": {"mean": [0.1, 0.2], "std": [1.0, 2.0]}, "horizons": [1, 5, 10, 30],
-    "seq_len": 60, "splits": {"train": [dt.date(2020, 1, 2), dt.date(2022, 6, 30)]},
-    "fingerprint": "abc", "metrics": {"skill": np.float64(0.125)},
-}
-METADATA_AS_JSON = {**METADATA, "splits": {"train": ["2020-01-02", "2022-06-30"]},
-                    "metrics": {"skill": 0.125}}
-
-
-def test_save_load_round_trip_is_bit_identical(tmp_path):
-    state = _state(0)
-    path = save_model(tmp_path, "brk-b", "run1", state, {**METADATA, "versions": package_versions()})
-    assert path == tmp_path / "models" / "BRK-B" / "run1"       # canonical upper case
-    assert sorted(os.listdir(path)) == [METADATA_FILE, WEIGHTS_FILE]
-    assert os.listdir(path.parent) == ["run1"]                  # no temp dir left
-    loaded, meta = load_model(path)
-    assert loaded.keys() == state.keys()
-    for k, v in state.items():
-        assert loaded[k].dtype == v.dtype and loaded[k].shape == v.shape
-        assert torch.equal(loaded[k].reshape(-1).view(torch.uint8),
-                           v.contiguous().reshape(-1).view(torch.uint8)), k
-    versions = meta.pop("versions")
-    assert meta == METADATA_AS_JSON
-    assert versions["torch"] == torch.__version__
-    assert versions["numpy"] == np.__version__ and versions["python"].count(".") == 2
-
-
-def test_existing_model_is_never_replaced(tmp_path):
-    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
-    with pytest.raises(FileExistsError, match="AAPL: model .*run1 already exists"):
-        save_model(tmp_path, "AAPL", "run1", _state(1), METADATA)
-    assert torch.equal(load_model(path)[0]["layers.0.A_log"], _state(0)["layers.0.A_log"])
-
-
-@pytest.mark.parametrize("crash_at", ["rename", "metadata", "weights"])
-def test_crash_mid_save_leaves_no_model_and_previous_readable(tmp_path, monkeypatch, crash_at):
-    previous = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
-
-    def boom(*args, **kwargs):
-        raise OSError("simulated crash")
-
-    if crash_at == "rename":
-        monkeypatch.setattr(store_mod.os, "rename", boom)
-    elif crash_at == "weights":
-        monkeypatch.setattr(store_mod, "save_file", boom)
-    else:
-        monkeypatch.setattr(store_mod.os, "fsync", boom)   # after weights, while writing metadata
-    with pytest.raises(OSError, match="simulated crash"):
-        save_model(tmp_path, "AAPL", "run2", _state(1), METADATA)
-    monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path / "models" / "AAPL")) == ["run1"]   # no run2, no temp dir
-    state, meta = load_model(previous)
-    assert torch.equal(state["layers.0.D"], _state(0)["layers.0.D"]) and meta == METADATA_AS_JSON
-
-
-def test_stale_temp_dir_of_a_killed_save_is_swept(tmp_path):
-    stale = tmp_path / "models" / "AAPL" / ".run2.deadbeef.tmp"
-    stale.mkdir(parents=True)
-    (stale / WEIGHTS_FILE).write_bytes(b"half a file")
-    save_model(tmp_path, "AAPL", "run2", _state(0), METADATA)
-    assert os.listdir(tmp_path / "models" / "AAPL") == ["run2"]
-
-
-def test_unserialisable_metadata_fails_before_touching_disk(tmp_path):
-    with pytest.raises(TypeError, match="object is not JSON"):
-        save_model(tmp_path, "AAPL", "run1", _state(0), {"bad": object()})
-    with pytest.raises(ValueError, match="invalid symbol '../../x'"):
-        save_model(tmp_path, "../../x", "run1", _state(0), METADATA)
-    with pytest.raises(ValueError, match="invalid symbol '..'"):
-        save_model(tmp_path, "..", "run1", _state(0), METADATA)
-    with pytest.raises(ValueError, match="bad run id"):
-        save_model(tmp_path, "AAPL", "../run1", _state(0), METADATA)
-    assert not (tmp_path / "models").exists()
-
-
-@pytest.mark.parametrize("zipfile", [True, False], ids=["torch.save-zip", "torch.save-legacy"])
-def test_load_refuses_a_pickle(tmp_path, monkeypatch, zipfile):
-    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
-    torch.save(_state(0), path / WEIGHTS_FILE, _use_new_zipfile_serialization=zipfile)
-    # loading must not even try to unpickle
-    monkeypatch.setattr("pickle.loads", lambda *a, **k: pytest.fail("unpickled"))
-    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called"))
-    with pytest.raises(ValueError, match=r"weights\.safetensors is not a safetensors file"):
-        load_model(path)
-
-
-def test_load_refuses_missing_or_bad_metadata(tmp_path):
-    path = save_model(tmp_path, "AAPL", "run1", _state(0), METADATA)
-    (path / METADATA_FILE).write_text("[1, 2]")
-    with pytest.raises(ModelFileError, match="expected a JSON object"):
-        load_model(path)
-    (path / METADATA_FILE).write_text("{not json")
-    with pytest.raises(ModelFileError, match="is not JSON"):
-        load_model(path)
-    (path / METADATA_FILE).unlink()
-    with pytest.raises(ValueError, match=r"metadata\.json is missing"):
-        load_model(path)
-    with pytest.raises(ValueError, match=r"weights\.safetensors is missing"):
-        load_model(tmp_path / "nowhere")
 
 
 def test_to_json_takes_dates_and_numpy_and_refuses_the_rest():
