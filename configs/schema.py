@@ -32,6 +32,8 @@ class DataConfig(_Section):
     start: dt.date | None = None
     end: dt.date | None = None
     seed: int = Field(0, description="seed of the synthetic market (source: synthetic)")
+    calendar: str = Field("XNYS", min_length=1, description="exchange calendar of forecast target dates "
+                          "(exchange_calendars name; checked by tasks.calendar.check_calendar)")
 
     @model_validator(mode="after")
     def _ordered(self) -> "DataConfig":

@@ -7,12 +7,12 @@ The pure steps of ``flows.predict`` (as ``tasks.train`` is for training):
     forecast_rows     the latest window of a feature frame -> one row per horizon
 
 A row holds the forecast log return ``r`` and price ``close * exp(r)`` of one
-horizon, with the as-of date (the last bar) and the target date.
+horizon, with the as-of date (the last bar) and the target date: the h-th
+session after it on the model's exchange calendar (``data.calendar``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from configs.schema import Config, DataConfig, ModelConfig
 from mamba.model import MambaForecaster
+from tasks.calendar import target_dates
 from tasks.windows import Scaler, latest_window
 
 
@@ -38,12 +39,6 @@ def predict_windows(model: MambaForecaster, x: np.ndarray, batch_size: int = 512
     """Forecasts (n, h) for windows ``x`` (n, l, f), in batches."""
     out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out, axis=0) if out else np.zeros((0, len(model.horizons)), np.float32)
-
-
-def target_date(as_of: dt.date, h: int) -> dt.date:
-    """The date h trading days after ``as_of``: weekdays, no holiday calendar
-    (a holiday in between makes the real date one day later)."""
-    return np.busday_offset(np.datetime64(as_of, "D"), h, roll="forward").astype(dt.date)
 
 
 def model_config(meta: dict[str, Any]) -> Config:
@@ -64,8 +59,9 @@ def forecast_rows(net: MambaForecaster, meta: dict[str, Any], frame: pl.DataFram
     x, as_of, close = latest_window(frame, meta["feature_names"], Scaler.from_dict(meta["scaler"]),
                                     meta["seq_len"])
     returns = predict_windows(net, x)[0]  # (h,)
+    targets = target_dates(as_of, meta["horizons"], model_config(meta).data.calendar)
     return [{
         "model_run_id": meta["run_id"], "symbol": meta["symbol"], "as_of": as_of, "horizon": int(h),
-        "target_date": target_date(as_of, int(h)), "predicted_return": float(r),
+        "target_date": day, "predicted_return": float(r),
         "predicted_price": float(close * math.exp(r)), "last_close": float(close),
-    } for h, r in zip(meta["horizons"], returns)]
+    } for h, day, r in zip(meta["horizons"], targets, returns)]

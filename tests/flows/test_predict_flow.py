@@ -13,7 +13,8 @@ import torch
 from flows.predict import main, predict_universe
 from flows.train import train_universe
 from tasks.features import build_features
-from tasks.forecast import load_forecaster, model_config, target_date
+from tasks.calendar import target_dates
+from tasks.forecast import load_forecaster, model_config
 from tasks.sources import load_bars
 from tasks.store import ResultsStore, load_model
 from tests.flows.conftest import tiny_config
@@ -39,7 +40,9 @@ def test_forecasts_every_horizon_from_the_latest_window(trained):
         assert r["as_of"] == last["date"]
         assert r["last_close"] == pytest.approx(last["close"], rel=1e-12)
         assert r["predicted_price"] == pytest.approx(last["close"] * math.exp(r["predicted_return"]), rel=1e-12)
-        assert np.busday_count(r["as_of"], r["target_date"]) == r["horizon"]
+    # trading days of the exchange calendar: 2024-12-31 + 1 session skips New Year's Day
+    assert [r["target_date"] for r in rows] == target_dates(last["date"], [1, 5, 10, 30], "XNYS")
+    assert rows[0]["target_date"] == dt.date(2025, 1, 2)
 
     # the same numbers by hand: model from the files, window from the features
     with ResultsStore(trained) as store:
@@ -63,9 +66,5 @@ def test_symbol_without_model_fails_alone_with_exit_1(trained, capsys):
     assert "AAA" in out and "30d" in out
     assert main(["--symbols", "AAA", "--results", str(trained)]) == 0
     assert main(["--symbols", "AAA", "--source", "nowhere", "--results", str(trained)]) == 2
+    assert "unknown source 'nowhere'" in capsys.readouterr().err
 
-
-def test_target_date_skips_weekends():
-    friday = dt.date(2024, 5, 3)
-    assert target_date(friday, 1) == dt.date(2024, 5, 6)
-    assert target_date(friday, 5) == dt.date(2024, 5, 10)

@@ -268,3 +268,13 @@ def test_too_short_history_fails_validation_naming_symbol_and_fix(tmp_path, caps
     assert row["error"].startswith("DataQualityError: AAA")
     assert "min_rows" in row["error"] and "120" in row["error"] and "--days" in row["error"]
     assert not (tmp_path / "models").exists()
+
+
+def test_unknown_source_or_calendar_exits_2_naming_the_key(tmp_path, capsys):
+    assert main(["--test", "--source", "ftp", "--results", str(tmp_path)]) == 2
+    assert "unknown source 'ftp'" in capsys.readouterr().err
+    cfg = tmp_path / "cal.yaml"
+    cfg.write_text("data:\n  calendar: XNYZ\n")
+    assert main(["--config", str(cfg), "--results", str(tmp_path)]) == 2
+    assert "data.calendar 'XNYZ'" in capsys.readouterr().err
+    assert not (tmp_path / "store.db").exists()
