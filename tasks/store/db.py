@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, Table, create_engine, delete, event, func, select, update
+from sqlalchemy import Connection, Table, create_engine, delete, event, func, inspect, select, update
 
 from tasks.store.tables import EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
 
@@ -146,6 +146,7 @@ class ResultsStore:
             _sqlite_setup(self.engine)
         with self._write() as conn:
             SCHEMA.create_all(conn)
+            _add_missing_columns(conn)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.results_dir)!r}, url={self.url!r})"
@@ -340,6 +341,23 @@ def _from_db(row: dict) -> dict:
     # SQLite drops the time zone of stored UTC timestamps: put it back.
     return {k: v.replace(tzinfo=dt.timezone.utc) if isinstance(v, dt.datetime) and v.tzinfo is None else v
             for k, v in row.items()}
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """A store made by an earlier version lacks the columns added since: add
+    them (``ALTER TABLE ... ADD COLUMN``, the same on SQLite and PostgreSQL),
+    so an old ``store.db`` keeps working and keeps its rows. Columns are only
+    ever added, and every added column is nullable; old rows read None there."""
+    quote = conn.dialect.identifier_preparer.quote
+    tables = inspect(conn)
+    for table in SCHEMA.sorted_tables:
+        have = {c["name"] for c in tables.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            assert column.nullable, f"{table.name}.{column.name}: a column added later must be nullable"
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
 
 
 def _sqlite_setup(engine) -> None:

@@ -316,3 +316,19 @@ def test_to_json_takes_dates_and_numpy_and_refuses_the_rest():
     for bad in (Path("x"), {1, 2}, torch.tensor(1.0)):
         with pytest.raises(TypeError, match=f"{type(bad).__name__} is not JSON"):
             to_json({"k": bad})
+
+
+def test_a_store_of_an_earlier_version_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    """Tables made before a column existed get it added (nullable) when the store opens."""
+    path = tmp_path / "store.db"
+    with sqlite3.connect(path) as db:  # the evaluations table as an old version made it
+        db.execute("create table evaluations (run_id varchar(64) not null, symbol varchar not null, "
+                   "horizon integer not null, n integer not null, mae float, primary key (run_id, symbol, horizon))")
+        db.execute("insert into evaluations values ('old', 'AAPL', 1, 10, 0.5)")
+    with ResultsStore(tmp_path) as store:
+        columns = {c["name"] for c in sa.inspect(store.engine).get_columns("evaluations")}
+        assert columns == {c.name for c in SCHEMA.tables["evaluations"].columns}
+        [old] = store.evaluations("old", "AAPL")
+        assert (old["n"], old["mae"], old["rmse"]) == (10, 0.5, None)
+    with ResultsStore(tmp_path) as store:  # opening again changes nothing
+        assert len(store.evaluations("old", "AAPL")) == 1
