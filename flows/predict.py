@@ -26,7 +26,7 @@ from configs.schema import DataConfig, FeatureConfig
 from flows.report import text_table
 from tasks import steps
 from tasks.features import WARMUP_ROWS, build_features
-from tasks.sources import validate_symbol
+from tasks.bars import validate_symbol
 from tasks.store import ResultsStore, load_model
 from tasks.train import load_forecaster, predict_windows
 from tasks.validate import validate_bars

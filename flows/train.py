@@ -28,7 +28,7 @@ from configs.schema import Config
 from flows.report import text_table
 from tasks import steps
 from tasks.features import WARMUP_ROWS, feature_names
-from tasks.sources import validate_symbol
+from tasks.bars import validate_symbol
 from tasks.store import ResultsStore
 from tasks.windows import required_rows
 

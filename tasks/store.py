@@ -52,7 +52,7 @@ from sqlalchemy import (
 )
 
 from tasks.evaluate import EVALUATION_KEYS
-from tasks.sources import validate_symbol
+from tasks.bars import validate_symbol
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"

@@ -206,7 +206,7 @@ def test_cli_trains_on_yahoo_style_csv_exports(tmp_path):
     runs = ResultsStore(tmp_path / "r").symbol_runs()
     assert sorted((r["symbol"], r["status"]) for r in runs) == [("AAPL", "completed"), ("MSFT", "completed")]
     # the adjusted bars are the sample's again: same fingerprint as the original
-    from tasks.sources import bars_fingerprint
+    from tasks.bars import bars_fingerprint
     fp = {r["symbol"]: r["data_fingerprint"] for r in runs}
     adjusted = load_bars("AAPL", f"files:{data}")
     np_close = adjusted["close"].to_numpy()
