@@ -27,8 +27,8 @@ from flows.cli import add_flags, check_run, flag_overrides
 from flows.fanout import error_text, for_each_symbol
 from flows.report import text_table
 from tasks import steps
+from tasks.bars import bars_fingerprint, validate_symbol
 from tasks.plan import min_train_bars
-from tasks.sources import bars_fingerprint, validate_symbol
 from tasks.store import ResultsStore
 
 

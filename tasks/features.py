@@ -56,7 +56,7 @@ import functools
 import polars as pl
 
 from configs.schema import FeatureConfig
-from tasks.sources import BARS_COLUMNS
+from tasks.bars import BARS_COLUMNS
 
 INDICATOR_COLUMNS: tuple[str, ...] = (
     "norm_price", "ret_1", "log_ret_1",

@@ -7,8 +7,10 @@ their output:
 
 - ``fetch_bars``: source, symbol, date range, seed, the as-of day (so a nightly
   run refetches; the yfinance adapter's own Parquet cache then downloads only
-  the new days), the source file's size and mtime for ``files:``, and the
-  source code of ``tasks/sources.py``.
+  the new days), the source file's size and mtime for ``files:``, and
+  ``tasks.sources.source_code_hash()``: every file the sources' output depends
+  on (the ``tasks/sources/`` package, ``tasks/bars.py``, what they import, the
+  shipped sample data).
 - ``build_features``: the bars' fingerprint (computed once per symbol by the
   flow, passed in), the feature config, and the source code of
   ``tasks/features.py``.
@@ -38,15 +40,15 @@ from prefect.serializers import Serializer
 from pydantic import Field
 
 import tasks.features as features_mod
-import tasks.sources as sources_mod
 from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
+from tasks.bars import bars_fingerprint
 from tasks.evaluate import evaluate_forecasts
 from tasks.features import build_features as _build_features
 from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markdown
-from tasks.sources import SourceError, files_dir, find_file, load_bars
-from tasks.store import ResultsStore, load_model, package_versions, save_model
 from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_windows
 from tasks.plan import trainer_threads
+from tasks.sources import SourceError, files_dir, find_file, load_bars, source_code_hash
+from tasks.store import ResultsStore, load_model, package_versions, save_model
 from tasks.train import TrainResult
 from tasks.train import train_model as _train_model
 from tasks.validate import QualityReport, validate_bars as _validate_bars
@@ -92,7 +94,7 @@ def fetch_key(context: TaskRunContext, params: dict[str, Any]) -> str:
     symbol = params["symbol"]
     as_of = data.end or dt.date.today()
     return "fetch-" + _digest(symbol, data.source, data.start, data.end, data.days, data.seed,
-                              as_of, _files_stamp(data.source, symbol), _source_hash(sources_mod))
+                              as_of, _files_stamp(data.source, symbol), source_code_hash())
 
 
 def features_key(context: TaskRunContext, params: dict[str, Any]) -> str:

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from tasks.sources import BARS_COLUMNS, BARS_SCHEMA, PRICE_COLUMNS
+from tasks.bars import BARS_COLUMNS, PRICE_COLUMNS, schema_problems
 
 _NUMERIC = BARS_COLUMNS[1:]  # all but date
 _SHOW = 3  # offending rows quoted in a message
 
 # The fix for each blocking check, appended to its error message.
 _FIXES = {
-    "columns": "load bars through tasks.sources.load_bars, which returns date (Date) and "
+    "columns": "load bars through tasks.sources.load_bars, which returns exactly date (Date) and "
     "open/high/low/close/volume (Float64)",
     "min_rows": "load a longer history (a larger --days, or an earlier --start) or use a smaller "
     "window / largest horizon",
@@ -155,14 +155,11 @@ def _fmt(value: object) -> str:
 
 
 def _check_columns(bars: pl.DataFrame) -> Check:
-    problems = [
-        f"{name} missing" if name not in bars.schema else f"{name} is {bars.schema[name]}, need {dtype}"
-        for name, dtype in BARS_SCHEMA.items()
-        if bars.schema.get(name) != dtype
-    ]
+    # The Bars schema is written once, in tasks.bars; this check reports it, load_bars raises on it.
+    problems = schema_problems(bars)
     if problems:
         return _fail("columns", "; ".join(problems))
-    return _ok("columns", "date Date, open/high/low/close/volume Float64")
+    return _ok("columns", "exactly date Date, open/high/low/close/volume Float64")
 
 
 def _check_rows(bars: pl.DataFrame, min_rows: int) -> Check:

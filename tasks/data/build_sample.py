@@ -4,7 +4,7 @@
     python -m tasks.data.build_sample
 
 The source series (Quandl WIKI prices, public domain) hold unadjusted OHLCV
-plus ``adj_close``; ``tasks.sources.apply_adjustment`` scales open, high, low
+plus ``adj_close``; ``tasks.bars.apply_adjustment`` scales open, high, low
 and close by adj_close / close and divides volume by it, the same rule the
 ``files:DIR`` source applies to Yahoo-style CSVs. See SOURCE.md. Not a runtime
 dependency: the project only reads the committed Parquet file.
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.sources import BARS_COLUMNS, BARS_SCHEMA, SAMPLE_PATH, SAMPLE_SYMBOLS, apply_adjustment
+from tasks.bars import BARS_COLUMNS, BARS_SCHEMA, apply_adjustment
+from tasks.sources.sample import SAMPLE_PATH, SAMPLE_SYMBOLS
 
 
 def build() -> pl.DataFrame:

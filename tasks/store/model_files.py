@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tasks.sources import validate_symbol
+from tasks.bars import validate_symbol
 from tasks.store.db import check_run_id, to_json
 
 WEIGHTS_FILE = "weights.safetensors"

@@ -14,7 +14,8 @@ import tasks.steps
 from configs.load import apply_overrides
 from flows.train import main, train_universe
 from tasks.plan import trainer_threads
-from tasks.sources import bars_fingerprint, load_bars
+from tasks.bars import bars_fingerprint
+from tasks.sources import load_bars
 from tasks.store import ResultsStore, load_model
 from tests.flows.conftest import tiny_config
 

@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.sources import BARS_SCHEMA, load_bars
+from tasks.bars import BARS_SCHEMA
+from tasks.sources import load_bars
 
 
 def business_days(n: int, start: dt.date = dt.date(2001, 1, 1)) -> list[dt.date]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from pathlib import Path
 
 import polars as pl
 import pytest
 
+import tasks
 from configs.schema import DataConfig, FeatureConfig
-from tasks.sources import bars_fingerprint, load_bars
+from tasks.bars import bars_fingerprint
+from tasks.sources import load_bars, source_code_files
 from tasks.steps import ParquetSerializer, artifact_key, features_key, fetch_key
 
 
@@ -50,6 +53,23 @@ def test_fetch_key_changes_when_a_source_file_is_edited(tmp_path):
     key = fetch_key(None, params)
     path.write_text(path.read_text() + "\n")
     assert fetch_key(None, params) != key
+
+
+def test_fetch_key_changes_when_any_file_the_sources_depend_on_is_edited(monkeypatch):
+    params = {"symbol": "AAA", "data": DataConfig(source="synthetic", days=400)}
+    key = fetch_key(None, params)
+    files = source_code_files()
+    tasks_dir = Path(tasks.__file__).resolve().parent
+    assert {tasks_dir / "bars.py", tasks_dir / "atomic.py", tasks_dir / "sources" / "__init__.py",
+            tasks_dir / "sources" / "yfinance.py", tasks_dir / "data" / "sample_bars.parquet"} <= set(files)
+    read_bytes = Path.read_bytes
+    for edited in files:
+        # One byte-level edit at a time, seen by every reader of that file.
+        monkeypatch.setattr(Path, "read_bytes",
+                            lambda self, edited=edited: read_bytes(self) + (b"\n# edited\n" if self == edited else b""))
+        assert fetch_key(None, params) != key, edited
+    monkeypatch.undo()
+    assert fetch_key(None, params) == key
 
 
 def test_features_key_follows_data_and_config():
