@@ -208,8 +208,10 @@ def train_model(
         deterministic=True,
         gradient_clip_val=training.grad_clip or None,
         callbacks=[
-            # last.ckpt only (for --resume): the best weights are BestWeights' safetensors
-            ModelCheckpoint(dirpath=workdir / "checkpoints", save_top_k=0, save_last=True),
+            # One file, last.ckpt, rewritten every epoch (for --resume): with no
+            # monitor, top-1 is the latest epoch. The best weights are
+            # BestWeights' safetensors, so no best .ckpt is pickled.
+            ModelCheckpoint(dirpath=workdir / "checkpoints", filename="last", monitor=None, save_top_k=1),
             EarlyStopping(monitor="val_loss", patience=training.patience, mode="min"),
             best,
             *([_AugmentEpoch(collate)] if collate else []),
