@@ -86,6 +86,17 @@ class ModelConfig(_Section):
     d_conv: int = Field(4, ge=1)
     expand: int = Field(2, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
+    quantiles: list[float] = Field(
+        default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95],
+        description="quantile levels forecast per horizon; sorted, in (0, 1), with 0.5 (the point forecast)",
+    )
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantile_levels(cls, v: list[float]) -> list[float]:
+        if 0.5 not in v or v != sorted(set(v)) or not all(0 < t < 1 for t in v):
+            raise ValueError(f"quantiles {v} must be distinct, sorted, each in (0, 1), and contain 0.5")
+        return v
 
 
 class TrainingConfig(_Section):
@@ -93,7 +104,11 @@ class TrainingConfig(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    loss: Literal["mse", "huber"] = "mse"
+    loss: Literal["pinball", "mse", "huber"] = Field(
+        "pinball", description="pinball: all quantiles; mse | huber: the median, intervals from validation residuals")
+    spread_init: Literal["empirical", "volatility"] = Field(
+        "empirical", description="the untrained head's spread: training quantiles, or scaled by the log volatility inputs")
+    median_gate: bool = Field(True, description="zero a horizon's median that loses to 0 on validation MAE")
     patience: int = Field(10, ge=1, description="EarlyStopping patience (epochs)")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor")
     lr_patience: int = Field(3, ge=0, description="ReduceLROnPlateau patience (epochs)")
