@@ -115,9 +115,10 @@ def run_symbol(symbol, end, config, seeds, split_name, work):
         m = metrics(predict_quantiles(net, split.x), split.y, taus, emp, garch)
         out.append({"symbol": symbol, "end": str(end), "seed": seed, "seconds": secs, "epochs": res.epochs,
                     "best_epoch": res.best_epoch, "no_skill": res.no_skill,
-                    "zeroed": res.zero_median_horizons, **{k: v.tolist() for k, v in m.items()}})
+                    "zeroed": res.zero_median_horizons, "reverted": res.baseline_head_horizons,
+                    **{k: v.tolist() for k, v in m.items()}})
         print(f"  {symbol} {end or 'all'} seed {seed}: {secs:.1f}s, {res.epochs} epochs, best {res.best_epoch}, "
-              f"zeroed {res.zero_median_horizons}, " + ", ".join(
+              f"zeroed {res.zero_median_horizons}, baseline head {res.baseline_head_horizons}, " + ", ".join(
                   f"{k} " + " ".join(f"{v:+.3f}" for v in m[k]) for k in METRICS), flush=True)
     return out
 

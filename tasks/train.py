@@ -16,11 +16,16 @@ run needs:
 
 What a forecaster has to beat is set before the first epoch. The head starts
 as a baseline (``init_head``): a zero median (the random walk) and the
-training targets' spread, so the untrained model's validation loss is the
+training targets' spread (scaled by the log volatilities with
+``spread_init: volatility``), so the untrained model's validation loss is the
 score to beat: ``BestWeights`` and EarlyStopping start from it, and a model
 whose epochs never beat it is returned as that baseline, flagged
-``no_skill``. After training, a horizon whose median does worse on validation
-than the zero forecast (MAE) gets a zero median back (``gate_median``).
+``no_skill``. After training, two gates run per horizon on the validation
+split: a head whose pinball loss does not beat the baseline head's gets the
+baseline's rows back (``gate_head``), then a median whose MAE does not beat
+the zero forecast's is set to 0 (``gate_median``). "Beat" needs a gain with a
+HAC t-statistic of at least ``gate_t`` (h-day targets overlap): measured over
+walk-forward origins, gains that small on validation did not last.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class TrainResult:
     baseline_val_loss: float = math.nan  # the untrained head's: zero median, training spread
     no_skill: bool = False  # no epoch beat the baseline: state_dict is the baseline head
     zero_median_horizons: list[int] = field(default_factory=list)  # medians reset to 0 by gate_median
+    baseline_head_horizons: list[int] = field(default_factory=list)  # head rows reset by gate_head
 
 
 class EpochSampler(Sampler[int]):
@@ -223,16 +229,61 @@ def loss_of(module: LitMambaForecaster, x: np.ndarray, y: np.ndarray, batch_size
     return float(module._loss(q, torch.from_numpy(y)))
 
 
+def hac_tstat(d: np.ndarray, lag: int) -> np.ndarray:
+    """t-statistics of the means of loss differences d (n, h), with the Newey-West
+    (1987) variance, Bartlett weights up to ``lag``: h-day targets overlap, so
+    neighbouring differences are correlated (the Diebold-Mariano test's variance)."""
+    n = len(d)
+    e = d - d.mean(axis=0)  # (n, h)
+    var = (e * e).mean(axis=0)  # (h,)
+    for k in range(1, min(lag, n - 1) + 1):
+        var = var + 2 * (1 - k / (lag + 1)) * (e[k:] * e[:-k]).mean(axis=0) * (n - k) / n
+    return d.mean(axis=0) / np.sqrt(np.maximum(var, 1e-30) / n)  # (h,)
+
+
+def _no_better(loss: np.ndarray, base: np.ndarray, horizons: tuple[int, ...], t_min: float) -> np.ndarray:
+    """Per horizon: is the loss (n, h) not below the baseline's, or its gain's HAC t-statistic below t_min?"""
+    d = (base - loss).astype(np.float64)  # (n, h), > 0 where the model does better
+    t = np.array([hac_tstat(d[:, [j]], h - 1)[0] for j, h in enumerate(horizons)])  # h-day targets: lag h-1
+    return (d.mean(axis=0) <= 0) | (t < t_min)
+
+
 @torch.no_grad()
-def gate_median(model: MambaForecaster, x_val: np.ndarray, y_val: np.ndarray) -> list[int]:
+def gate_head(model: MambaForecaster, baseline: dict[str, torch.Tensor], x_val: np.ndarray, y_val: np.ndarray,
+              t_min: float = 0.0) -> list[int]:
+    """Give every horizon whose validation pinball loss does not beat the baseline
+    head's (``baseline``: the head's state dict at init) the baseline's rows of
+    the head back; returns those horizons."""
+    taus = np.asarray(model.quantiles)
+
+    def pinball(q):  # (n, h)
+        err = y_val[..., None] - q  # (n, h, q)
+        return np.maximum(taus * err, (taus - 1) * err).mean(axis=-1)
+
+    trained = {k: v.clone() for k, v in model.head.state_dict().items()}
+    model.head.load_state_dict(baseline)
+    base = pinball(predict_quantiles(model, x_val))
+    model.head.load_state_dict(trained)
+    worse = np.flatnonzero(_no_better(pinball(predict_quantiles(model, x_val)), base, model.horizons, t_min))
+    k = len(model.quantiles) - 1  # steps rows per horizon
+    for j in worse:
+        for name, param in model.head.named_parameters():
+            rows = slice(j * k, (j + 1) * k) if name.startswith("steps.") else slice(j, j + 1)
+            param[rows] = baseline[name][rows]
+    return [model.horizons[j] for j in worse]
+
+
+@torch.no_grad()
+def gate_median(model: MambaForecaster, x_val: np.ndarray, y_val: np.ndarray, t_min: float = 0.0) -> list[int]:
     """Zero the median of every horizon whose validation MAE is not below the
-    zero forecast's (the random walk); returns those horizons."""
+    zero forecast's (the random walk), or whose gain has a HAC t-statistic
+    below ``t_min``; returns those horizons."""
     med = predict_windows(model, x_val)  # (n, h)
-    worse = np.abs(med - y_val).mean(axis=0) >= np.abs(y_val).mean(axis=0)  # (h,)
-    for j in np.flatnonzero(worse):
+    worse = np.flatnonzero(_no_better(np.abs(med - y_val), np.abs(y_val), model.horizons, t_min))
+    for j in worse:
         model.head.median.weight[j] = 0.0
         model.head.median.bias[j] = 0.0
-    return [model.horizons[j] for j in np.flatnonzero(worse)]
+    return [model.horizons[j] for j in worse]
 
 
 @torch.no_grad()
@@ -297,6 +348,7 @@ def train_model(
     vol = [j for j, name in enumerate(windows.feature_names) if name in VOLATILITY_COLUMNS]
     x_last = windows.train.x[:, -1, vol] if training.spread_init == "volatility" and vol else None  # (n, v)
     init_head(module.model, windows.train.y, scale, x_last, vol)
+    baseline_head = {k: v.clone() for k, v in module.model.head.state_dict().items()}  # the same on a resume
 
     best = BestWeights(workdir / "best.safetensors")
     stop = EarlyStopping(monitor="val_loss", patience=training.patience, mode="min")
@@ -336,7 +388,8 @@ def train_model(
     net = module.model
     net.load_state_dict(load_file(str(best.path)), strict=True)
     net.eval()
-    zeroed = gate_median(net, windows.val.x, windows.val.y) if training.median_gate else []
+    reverted = gate_head(net, baseline_head, windows.val.x, windows.val.y, training.gate_t) if training.head_gate else []
+    zeroed = gate_median(net, windows.val.x, windows.val.y, training.gate_t) if training.median_gate else []
     if training.loss != "pinball":
         spread_from_residuals(net, windows.val.x, windows.val.y)
     return TrainResult(
@@ -351,6 +404,7 @@ def train_model(
         baseline_val_loss=best.baseline,
         no_skill=best.best_epoch < 0,
         zero_median_horizons=zeroed,
+        baseline_head_horizons=reverted,
     )
 
 

@@ -9,7 +9,7 @@ import torch
 
 from configs.schema import AugmentConfig, ModelConfig, TrainingConfig
 from mamba.model import MambaForecaster
-from tasks.train import (EpochSampler, gate_median, init_head, load_forecaster, predict_quantiles, predict_windows,
+from tasks.train import (EpochSampler, gate_head, gate_median, hac_tstat, init_head, load_forecaster, predict_quantiles, predict_windows,
                          spread_from_residuals, spread_init, target_scale, train_model)
 from tasks.windows import Scaler, Split, Windows
 
@@ -150,3 +150,39 @@ def test_epoch_sampler_depends_only_on_seed_and_epoch():
     a.set_epoch(5)
     assert list(a) != order4
     assert list(EpochSampler(50, seed=4)) != list(EpochSampler(50, seed=3))
+
+
+def test_hac_tstat_by_hand_and_its_lag_correction():
+    d = np.array([[1.0], [2.0], [4.0], [1.0]])
+    # mean 2, deviations (-1, 0, 2, -1): gamma0 = 6/4, gamma1 = (0 + 0 - 2)/4; Bartlett weight 1/2
+    # var = 1.5 + 2 * 0.5 * -0.5 = 1; t = 2 / sqrt(1 / 4)
+    assert hac_tstat(d, 1)[0] == pytest.approx(4.0)
+    assert hac_tstat(d, 0)[0] == pytest.approx(2.0 / np.sqrt(1.5 / 4))
+    # sums of 30 overlapping iid terms (30-day returns): the plain t-statistic is ~sqrt(30) too large
+    rng = np.random.default_rng(7)
+    t_hac, t_plain = [], []
+    for _ in range(200):
+        d = np.convolve(rng.standard_normal(2029), np.ones(30), "valid")[:, None]
+        t_hac.append(hac_tstat(d, 29)[0])
+        t_plain.append(hac_tstat(d, 0)[0])
+    assert 0.8 < np.std(t_hac) < 1.4 and np.std(t_plain) > 3.5
+
+
+def test_gate_head_gives_the_losing_horizons_their_baseline_rows_back():
+    rng = np.random.default_rng(8)
+    torch.manual_seed(0)
+    model = MambaForecaster(n_features=2, horizons=[1, 5], d_model=8, n_layers=1, d_state=4).eval()
+    model.head.reset(torch.tensor([[-1.645, -0.674, 0.0, 0.674, 1.645]] * 2))  # N(0, 1) quantiles
+    baseline = {k: v.clone() for k, v in model.head.state_dict().items()}
+    x = rng.standard_normal((2000, 6, 2)).astype(np.float32)
+    y = (rng.standard_normal((2000, 2)) * np.array([0.8, 1.0])).astype(np.float32)
+    q_base = predict_quantiles(model, x)
+    normal = torch.tensor([-1.645, -0.674, 0.0, 0.674, 1.645])
+    model.head.set_spread(torch.stack([0.8 * normal, normal]))  # horizon 1: the true, narrower spread
+    with torch.no_grad():
+        model.head.median.bias.copy_(torch.tensor([0.0, 1.0]))  # horizon 5: a wrong median
+    q_trained = predict_quantiles(model, x)
+    assert gate_head(model, baseline, x, y) == [5]
+    q = predict_quantiles(model, x)
+    np.testing.assert_allclose(q[:, 1], q_base[:, 1], rtol=1e-6)  # horizon 5: the baseline again
+    np.testing.assert_allclose(q[:, 0], q_trained[:, 0], rtol=1e-6)  # horizon 1: as trained
