@@ -49,7 +49,7 @@ class FeatureConfig(_Section):
 
 
 class WindowConfig(_Section):
-    seq_len: int = Field(60, ge=2)
+    seq_len: int = Field(30, ge=2, description="window length; 30 measured as good as 60 and faster (bench_recipe)")
     horizons: list[int] = Field(default_factory=lambda: [1, 5, 10, 30])
     val_frac: float = Field(0.15, gt=0, lt=0.5)
     test_frac: float = Field(0.15, gt=0, lt=0.5)
@@ -74,23 +74,45 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    d_model: int = Field(64, ge=1)
-    n_layers: int = Field(4, ge=1)
+    """Defaults: the recipe chosen on validation by benchmarks/bench_recipe.py
+    (BENCH_RECIPE.md): a small model, since a larger one only fits more noise."""
+
+    d_model: int = Field(16, ge=1)
+    n_layers: int = Field(1, ge=1)
     d_state: int = Field(16, ge=1)
     d_conv: int = Field(4, ge=1)
     expand: int = Field(2, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    quantiles: list[float] = Field(
+        default_factory=lambda: [0.05, 0.25, 0.5, 0.75, 0.95],
+        description="quantile levels forecast per horizon; sorted, in (0, 1), with 0.5 (the point forecast)",
+    )
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantile_levels(cls, v: list[float]) -> list[float]:
+        if 0.5 not in v or v != sorted(set(v)) or not all(0 < t < 1 for t in v):
+            raise ValueError(f"quantiles {v} must be distinct, sorted, each in (0, 1), and contain 0.5")
+        return v
 
 
 class TrainingConfig(_Section):
     epochs: int = Field(50, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    loss: Literal["mse", "huber"] = "mse"
-    patience: int = Field(10, ge=1, description="EarlyStopping patience (epochs)")
+    weight_decay: float = Field(0.1, ge=0)
+    loss: Literal["pinball", "mse", "huber"] = Field(
+        "pinball", description="pinball: all quantiles; mse | huber: the median, intervals from validation residuals")
+    spread_init: Literal["empirical", "volatility"] = Field(
+        "volatility", description="the untrained head's spread: training quantiles, or scaled by the log volatility inputs")
+    median_gate: bool = Field(True, description="zero a horizon's median that does not beat 0 on validation MAE")
+    head_gate: bool = Field(
+        True, description="reset a horizon's head that does not beat the baseline head on validation pinball loss")
+    gate_t: float = Field(
+        2.33, ge=0, description="HAC t-statistic (one-sided 1%) a validation gain needs to pass the gates")
+    patience: int = Field(3, ge=1, description="EarlyStopping patience (epochs), counted from the baseline head")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor")
-    lr_patience: int = Field(3, ge=0, description="ReduceLROnPlateau patience (epochs)")
+    lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
     seed: int = 42
     threads: int | None = Field(

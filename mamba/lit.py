@@ -1,8 +1,19 @@
 """LightningModule around `MambaForecaster`: loss, per-epoch metrics, optimiser.
 
 Batches are `(x, y)`: x (b, l, f) float32 features, y (b, h) float32 targets
-(one per horizon, in `horizons` order). Logged once per epoch: `train_loss`,
-`val_loss`, `train_mae`, `val_mae`, `val_mae_h{h}` for every horizon h, `lr`.
+(log returns, one per horizon, in `horizons` order). The model outputs q
+quantiles (b, h, q) in log returns; the loss compares them with y in units of
+the model's `output_scale` (the training std of each horizon), so horizons
+weigh alike. Losses:
+
+- `pinball` (default): the mean over quantiles, horizons and windows of
+  rho_tau(y - q_tau) = max(tau (y - q_tau), (tau - 1)(y - q_tau))
+  (Koenker & Bassett 1978), whose minimiser is the tau-quantile;
+- `mse`, `huber`: on the median only, a point forecast; the other quantiles
+  are then untrained and `tasks.train` sets them from validation residuals.
+
+Logged once per epoch: `train_loss`, `val_loss`, `train_mae`, `val_mae`,
+`val_mae_h{h}` for every horizon h (MAE of the median, in log returns), `lr`.
 """
 
 from __future__ import annotations
@@ -15,24 +26,33 @@ import torch.nn.functional as F
 
 from mamba.model import Dropout, MambaForecaster
 
-_LOSSES = ("mse", "huber")
+_LOSSES = ("pinball", "mse", "huber")
+
+
+def pinball_loss(q: torch.Tensor, y: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Mean pinball loss of quantiles q (b, h, q) at levels `quantiles` (q,) for targets y (b, h)."""
+    err = y.unsqueeze(-1) - q  # (b, h, q)
+    return torch.maximum(quantiles * err, (quantiles - 1) * err).mean()
 
 
 class LitMambaForecaster(L.LightningModule):
     def __init__(self, n_features: int, horizons: Sequence[int], d_model: int = 64, n_layers: int = 4,
                  d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0,
-                 lr: float = 1e-3, weight_decay: float = 0.01, loss: str = "mse",
+                 quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95),
+                 lr: float = 1e-3, weight_decay: float = 0.01, loss: str = "pinball",
                  lr_factor: float = 0.5, lr_patience: int = 3, huber_delta: float = 1.0, seed: int = 0):
         super().__init__()
         if loss not in _LOSSES:
             raise ValueError(f"LitMambaForecaster: loss {loss!r} is not one of {_LOSSES}")
-        horizons = [int(h) for h in horizons]  # a plain list, so hparams serialise to YAML/JSON
+        horizons = [int(h) for h in horizons]  # plain lists, so hparams serialise to YAML/JSON
+        quantiles = [float(t) for t in quantiles]
         self.save_hyperparameters()
         self.model = MambaForecaster(n_features, horizons, d_model=d_model, n_layers=n_layers, d_state=d_state,
-                                     d_conv=d_conv, expand=expand, dropout=dropout)
+                                     d_conv=d_conv, expand=expand, dropout=dropout, quantiles=quantiles)
+        self.register_buffer("taus", torch.tensor(quantiles), persistent=False)  # (q,)
 
     def forward(self, x):
-        return self.model(x)  # (b, h)
+        return self.model(x)  # (b, h, q)
 
     def on_train_epoch_start(self):
         # Dropout masks from a generator of this model's own, restarted from
@@ -44,19 +64,25 @@ class LitMambaForecaster(L.LightningModule):
             if isinstance(m, Dropout):
                 m.generator = g
 
-    def _loss(self, pred, y):
+    def _loss(self, q, y):
+        """Loss of quantiles q (b, h, q) against y (b, h), both in log returns, in scaled units."""
+        scale = self.model.output_scale  # (h,)
+        q, y = q / scale[:, None], y / scale  # (b, h, q), (b, h)
+        if self.hparams.loss == "pinball":
+            return pinball_loss(q, y, self.taus)
+        point = q[..., self.model.median_index]  # (b, h)
         if self.hparams.loss == "huber":
-            return F.huber_loss(pred, y, delta=self.hparams.huber_delta)
-        return F.mse_loss(pred, y)
+            return F.huber_loss(point, y, delta=self.hparams.huber_delta)
+        return F.mse_loss(point, y)
 
     def _shared_step(self, batch, stage: str):
         x, y = batch  # (b, l, f), (b, h)
         if y.dim() != 2 or y.shape[1] != len(self.hparams.horizons):
             raise ValueError(f"LitMambaForecaster: targets must be (b, {len(self.hparams.horizons)}) for horizons "
                              f"{self.hparams.horizons}, got {tuple(y.shape)}")
-        pred = self.model(x)  # (b, h)
-        loss = self._loss(pred, y)
-        abs_err = (pred - y).abs()  # (b, h)
+        q = self.model(x)  # (b, h, q)
+        loss = self._loss(q, y)
+        abs_err = (q[..., self.model.median_index] - y).abs()  # (b, h)
         # batch_size makes the epoch value the mean over windows, not over batches
         kw = dict(on_step=False, on_epoch=True, batch_size=x.shape[0])
         self.log(f"{stage}_loss", loss, prog_bar=True, **kw)
@@ -75,7 +101,7 @@ class LitMambaForecaster(L.LightningModule):
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch  # (b, l, f)
-        return self.model(x)  # (b, h)
+        return self.model(x)  # (b, h, q)
 
     def configure_optimizers(self):
         # No weight decay on biases, norm gains, A_log and D (mamba marks the

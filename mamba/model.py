@@ -1,10 +1,11 @@
 """Mamba forecaster: the `mamba_simple` block of state-spaces/mamba, stacked
-with pre-norm residuals, reading a window of features and predicting one value
-per horizon from the last time step.
+with pre-norm residuals, reading a window of features and predicting quantiles
+of each horizon's return from the last time step.
 
 Glossary of tensor letters (shared/STYLE.md):
     b batch, l window length, f input features, d d_model, e d_inner
-    (= expand * d), n d_state, r dt_rank, k d_conv, h number of horizons.
+    (= expand * d), n d_state, r dt_rank, k d_conv, h number of horizons;
+    q the number of quantiles (in the head).
 
 The block (Gu & Dao 2023, Sec. 3.4, Fig. 3; Algorithm 2 for the SSM):
 
@@ -24,6 +25,9 @@ with `rms_norm=True`, the default of MambaLMHeadModel and of the released
 checkpoints), so the parameters and their initialisation match the paper's
 model; it is also cheaper, skipping LayerNorm's mean subtraction and bias
 (one reduction instead of two), with no loss reported for it in the paper.
+
+Output: q quantiles per horizon (`QuantileHead`), sorted by construction, the
+median at tau = 0.5 being the point forecast.
 
 Recurrent mode: `MambaForecaster.step` carries, per layer, the last k conv
 inputs (b, e, k) and the SSM state h (b, e, n), so one new bar costs O(1) in
@@ -175,11 +179,85 @@ class ResidualBlock(nn.Module):
         return u_t + self.dropout(out), state
 
 
+class QuantileHead(nn.Module):
+    """Last hidden state u (b, d) and last input x (b, f) -> sorted quantiles (b, h, q).
+
+    Per horizon, a median m, a log scale g and q-1 positive steps between
+    adjacent quantiles (Gasthaus et al. 2019 build non-crossing quantiles the
+    same way, as a monotone spline; ours is its piecewise-constant case):
+
+        m    = median(u)                                        (b, h)
+        g    = log_scale(u) + scale_skip(x), clamped to +-20     (b, h)
+        s_i  = softplus(steps(u))_i,  i = 1..q-1                (b, h, q-1)
+        q_j  = m + exp(g) * o_j,  o_j = +sum of the steps between the median and j above it,
+                                        -sum of those between j and the median below it
+
+    so q is sorted for any weights (strictly, unless a softplus underflows to 0)
+    and q at tau = 0.5 is m. ``scale_skip`` reads
+    the raw last input, so the volatility features reach the spread through one
+    linear map rather than through the whole stack. Every weight starts at 0
+    (``reset``): the untrained head is a constant, the baseline it starts from.
+    """
+
+    def __init__(self, d_model: int, n_features: int, n_horizons: int, quantiles: Sequence[float]):
+        super().__init__()
+        taus = tuple(float(t) for t in quantiles)
+        if 0.5 not in taus or list(taus) != sorted(set(taus)) or not all(0 < t < 1 for t in taus):
+            raise ValueError(f"quantiles {list(taus)} must be distinct, sorted, in (0, 1) and contain 0.5")
+        self.quantiles, self.mid = taus, taus.index(0.5)
+        h, k = n_horizons, len(taus)  # k quantiles
+        self.median = nn.Linear(d_model, h)
+        self.log_scale = nn.Linear(d_model, h, bias=False)  # its bias would duplicate the steps' biases
+        self.scale_skip = nn.Linear(n_features, h, bias=False)
+        self.steps = nn.Linear(d_model, h * (k - 1))
+        # until `reset` is given the training targets' quantiles: standard normal ones
+        self.reset(torch.special.ndtri(torch.tensor(taus)).repeat(h, 1))
+
+    @torch.no_grad()
+    def reset(self, offsets: torch.Tensor, skip: torch.Tensor | None = None):
+        """A zero median and the spread of `set_spread`."""
+        self.median.weight.zero_()
+        self.median.bias.zero_()
+        self.set_spread(offsets, skip)
+
+    @torch.no_grad()
+    def set_spread(self, offsets: torch.Tensor, skip: torch.Tensor | None = None):
+        """Quantiles m + exp(skip @ x) * offsets, whatever the hidden state: offsets (h, q),
+        strictly increasing along q with 0 at the median; skip (h, f), default 0."""
+        gaps = offsets.diff(dim=-1)  # (h, q-1)
+        # steps count away from the median: reverse the gaps below it
+        steps = torch.cat([gaps[:, :self.mid].flip(-1), gaps[:, self.mid:]], dim=-1)  # (h, q-1)
+        if (steps <= 0).any() or (offsets[:, self.mid] != 0).any():
+            raise ValueError(f"head offsets must be strictly increasing with 0 at the median; got {offsets.tolist()}")
+        self.log_scale.weight.zero_()
+        self.steps.weight.zero_()
+        self.steps.bias.copy_((steps + torch.log(-torch.expm1(-steps))).reshape(-1))  # softplus^-1
+        self.scale_skip.weight.copy_(skip if skip is not None else torch.zeros_like(self.scale_skip.weight))
+
+    def forward(self, u, x):
+        b, h = u.shape[0], self.median.out_features
+        m = self.median(u)  # (b, h)
+        # |g| <= 20: a spread e^20 times the training std or 1/e^20 of it is no forecast,
+        # and exp(g) must stay finite, else inf * 0 = nan
+        g = (self.log_scale(u) + self.scale_skip(x)).clamp(-20.0, 20.0)  # (b, h)
+        s = F.softplus(self.steps(u)).view(b, h, -1) * torch.exp(g).unsqueeze(-1)  # (b, h, q-1)
+        below = m.unsqueeze(-1) - s[..., :self.mid].cumsum(-1).flip(-1)  # (b, h, mid); s counts away from m
+        above = m.unsqueeze(-1) + s[..., self.mid:].cumsum(-1)  # (b, h, q-1-mid)
+        return torch.cat([below, m.unsqueeze(-1), above], dim=-1)  # (b, h, q)
+
+
 class MambaForecaster(nn.Module):
-    """Features (b, l, f) -> one forecast per horizon (b, h), read at the last step."""
+    """Features (b, l, f) -> quantiles of each horizon's log return (b, h, q), read at the last step.
+
+    ``output_scale`` (h,) multiplies the head's output: training runs on targets
+    divided by their training std (so horizons weigh alike in the loss) and the
+    std is stored here, so a saved model maps scaled features straight to log
+    returns. ``median_index`` picks the point forecast out of q.
+    """
 
     def __init__(self, n_features: int, horizons: Sequence[int], d_model: int = 64, n_layers: int = 4,
-                 d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0):
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2, dropout: float = 0.0,
+                 quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)):
         super().__init__()
         self.n_features = n_features
         self.horizons = tuple(int(h) for h in horizons)
@@ -190,7 +268,9 @@ class MambaForecaster(nn.Module):
             ResidualBlock(d_model, dropout, d_state=d_state, d_conv=d_conv, expand=expand) for _ in range(n_layers)
         )
         self.norm_f = RMSNorm(d_model)
-        self.head = nn.Linear(d_model, len(self.horizons))
+        self.head = QuantileHead(d_model, n_features, len(self.horizons), quantiles)
+        self.quantiles, self.median_index = self.head.quantiles, self.head.mid
+        self.register_buffer("output_scale", torch.ones(len(self.horizons)))  # (h,), saved
         # GPT-2 / mamba (mixer_seq_simple._init_weights, rescale_prenorm_residual):
         # scale each residual branch's output projection by 1/sqrt(n_layers) so the
         # residual stream's variance does not grow with depth.
@@ -203,8 +283,12 @@ class MambaForecaster(nn.Module):
             want = "(b, l, f)" if dims == 3 else "(b, f)"
             raise ValueError(f"MambaForecaster: input must be {want} with f={self.n_features}, got {tuple(x.shape)}")
 
+    def _out(self, u, x_t):
+        """Hidden (b, d) and input (b, f) of the step we read -> quantiles (b, h, q) in log returns."""
+        return self.head(self.norm_f(u), x_t) * self.output_scale[:, None]  # norm only that step  (b, h, q)
+
     def forward(self, x, return_state: bool = False):
-        """x (b, l, f) -> (b, h); with `return_state`, also the state for `step`
+        """x (b, l, f) -> (b, h, q); with `return_state`, also the state for `step`
         to continue from (a window's forecast, then one new bar at a time)."""
         self._check(x, 3)
         u = self.embed(x)  # (b, l, d)
@@ -215,12 +299,12 @@ class MambaForecaster(nn.Module):
                 states.append(s)
             else:
                 u = layer(u)  # (b, l, d)
-        y = self.head(self.norm_f(u[:, -1]))  # norm only the step we read  (b, h)
+        y = self._out(u[:, -1], x[:, -1])  # (b, h, q)
         return (y, tuple(states)) if return_state else y
 
     @torch.no_grad()
     def step(self, x_t, state: Sequence[LayerState] | None = None):
-        """One new bar x_t (b, f) -> (forecast (b, h), new state); state None = empty history."""
+        """One new bar x_t (b, f) -> (forecast (b, h, q), new state); state None = empty history."""
         self._check(x_t, 2)
         u = self.embed(x_t)  # (b, d)
         state = state if state is not None else (None,) * len(self.layers)
@@ -228,4 +312,4 @@ class MambaForecaster(nn.Module):
         for layer, s in zip(self.layers, state):
             u, s = layer.step(u, s)  # (b, d)
             new_state.append(s)
-        return self.head(self.norm_f(u)), tuple(new_state)  # (b, h)
+        return self._out(u, x_t), tuple(new_state)  # (b, h, q)

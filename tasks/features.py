@@ -52,6 +52,7 @@ both against TA-Lib (its output is in ``benchmarks/BENCH_FEATURES.md``).
 from __future__ import annotations
 
 import functools
+import math
 
 import polars as pl
 
@@ -268,8 +269,27 @@ def indicators(bars: pl.DataFrame) -> pl.DataFrame:
 _ZERO_WIDTH_FILL = {"bb_pos_20": 0.5, "range_pos_20": 0.5, "vol_z_20": 0.0, "obv_flow_20": 0.0}
 
 
+#: Floor of the volatility features (a daily std of 0.01%): a stale feed has a
+#: std of 0, whose log is -inf.
+_VOL_FLOOR = 1e-4
+
+
+def _log_vol(n: int) -> pl.Expr:
+    """ln of the std (ddof 0) of the last n daily log returns."""
+    return pl.col("log_ret_1").rolling_std(n, ddof=0).clip(lower_bound=_VOL_FLOOR).log()
+
+
+def _log_range_vol(n: int) -> pl.Expr:
+    """ln of Parkinson's (1980) daily volatility over the last n bars:
+    sigma^2 = mean(ln(high / low)^2) / (4 ln 2); it reads the intraday range,
+    so it is less noisy than the close-to-close std over the same days."""
+    var = ((pl.col("high") / pl.col("low")).log() ** 2).rolling_mean(n) / (4.0 * math.log(2.0))
+    return (var.sqrt().clip(lower_bound=_VOL_FLOOR)).log()
+
+
 def _feature_exprs() -> dict[str, pl.Expr]:
-    """Scale-free model inputs: ratios to close, returns, positions, z-scores."""
+    """Scale-free model inputs: ratios to close, returns, positions, z-scores,
+    log volatilities (a scale is what the quantile head's spread multiplies)."""
     c = pl.col("close")
 
     def rel(name: str) -> pl.Expr:  # a price level relative to the close
@@ -294,16 +314,25 @@ def _feature_exprs() -> dict[str, pl.Expr]:
         "vol_z_20": pl.col("vol_z_20"),
         "atr_14_rel": pl.col("atr_14") / c,
         "hl_rel": (pl.col("high") - pl.col("low")) / c,
+        **{f"log_vol_{n}": _log_vol(n) for n in (5, 20, 50)},  # 50: the longest inside the warm-up
+        "log_range_vol_20": _log_range_vol(20),
     }
 
 
 FEATURE_COLUMNS: tuple[str, ...] = tuple(_feature_exprs())
+#: The log volatilities: the inputs the quantile head's spread starts from
+#: (``tasks.train.spread_init``).
+VOLATILITY_COLUMNS: tuple[str, ...] = ("log_vol_5", "log_vol_20", "log_vol_50", "log_range_vol_20")
 #: Features that read history of their own (not row-wise: computed per
 #: symbol), with the first row they have a value at.
 _READS_HISTORY = {"obv_flow_20": 20}
+#: First rows of the features with rolling windows of their own (row-wise on
+#: stacked symbols: a window reaching into the previous symbol only touches
+#: these warm-up rows). log_vol_n: std of n log returns, which start at row 1.
+_ROLLING_WARMUP = {"log_vol_5": 5, "log_vol_20": 20, "log_vol_50": 50, "log_range_vol_20": 19}
 #: Leading rows ``build_features`` drops: the latest first row of any input,
-#: from the indicator definitions (sma_60 and ema_60: row 59).
-WARMUP_ROWS = max(*_WARMUP.values(), *_READS_HISTORY.values())
+#: from the indicator and feature definitions (sma_60 and ema_60: row 59).
+WARMUP_ROWS = max(*_WARMUP.values(), *_READS_HISTORY.values(), *_ROLLING_WARMUP.values())
 
 
 def feature_names(cfg: FeatureConfig | None = None) -> list[str]:

@@ -35,10 +35,16 @@ def load_forecaster(state_dict: dict[str, torch.Tensor], n_features: int, horizo
 
 
 @torch.no_grad()
-def predict_windows(model: MambaForecaster, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Forecasts (n, h) for windows ``x`` (n, l, f), in batches."""
+def predict_quantiles(model: MambaForecaster, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Quantile forecasts (n, h, q) of log returns for windows ``x`` (n, l, f), in batches."""
     out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, len(model.horizons)), np.float32)
+    return (np.concatenate(out, axis=0) if out
+            else np.zeros((0, len(model.horizons), len(model.quantiles)), np.float32))
+
+
+def predict_windows(model: MambaForecaster, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Point forecasts (n, h), the medians, for windows ``x`` (n, l, f)."""
+    return predict_quantiles(model, x, batch_size)[..., model.median_index]
 
 
 def model_config(meta: dict[str, Any]) -> Config:

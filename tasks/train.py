@@ -17,6 +17,19 @@ run needs:
   *best* weights are kept by ``BestWeights`` as safetensors, so nothing is
   unpickled to get them back.
 - EarlyStopping on ``val_loss`` and the module's ReduceLROnPlateau.
+
+What a forecaster has to beat is set before the first epoch. The head starts
+as a baseline (``init_head``): a zero median (the random walk) and the
+training targets' spread (scaled by the log volatilities with
+``spread_init: volatility``), so the untrained model's validation loss is the
+score to beat: ``BestWeights`` and EarlyStopping start from it, and a model
+whose epochs never beat it is returned as that baseline, flagged
+``no_skill``. After training, two gates run per horizon on the validation
+split: a head whose pinball loss does not beat the baseline head's gets the
+baseline's rows back (``gate_head``), then a median whose MAE does not beat
+the zero forecast's is set to 0 (``gate_median``). "Beat" needs a gain with a
+HAC t-statistic of at least ``gate_t`` (h-day targets overlap): measured over
+walk-forward origins, gains that small on validation did not last.
 """
 
 from __future__ import annotations
@@ -40,8 +53,11 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from configs.schema import AugmentConfig, ModelConfig, TrainingConfig
 from mamba.lit import LitMambaForecaster
+from mamba.model import MambaForecaster
 from tasks.atomic import atomic_write
 from tasks.augment import AugmentCollate
+from tasks.features import VOLATILITY_COLUMNS
+from tasks.forecast import predict_quantiles, predict_windows
 from tasks.windows import Windows
 
 log = logging.getLogger(__name__)
@@ -51,14 +67,18 @@ _INIT_LOCK = threading.Lock()  # model init draws from torch's global RNG, share
 
 @dataclass
 class TrainResult:
-    state_dict: dict[str, torch.Tensor]  # best weights (lowest val_loss)
-    best_val_loss: float
-    best_epoch: int
+    state_dict: dict[str, torch.Tensor]  # best weights (lowest val_loss), outputs in log returns
+    best_val_loss: float  # min(baseline_val_loss, every epoch's val_loss)
+    best_epoch: int  # -1: no epoch beat the baseline head
     epochs: int  # epochs run in total (including any before a resume)
     parameters: int
     target_scale: list[float] = field(default_factory=list)  # val losses are in these units
     epoch_metrics: list[dict[str, float]] = field(default_factory=list)
     resumed_from_epoch: int | None = None
+    baseline_val_loss: float = math.nan  # the untrained head's: zero median, training spread
+    no_skill: bool = False  # no epoch beat the baseline: state_dict is the baseline head
+    zero_median_horizons: list[int] = field(default_factory=list)  # medians reset to 0 by gate_median
+    baseline_head_horizons: list[int] = field(default_factory=list)  # head rows reset by gate_head
 
 
 class EpochSampler(Sampler[int]):
@@ -84,15 +104,28 @@ class EpochSampler(Sampler[int]):
 
 class BestWeights(Callback):
     """Keeps the weights of the best ``val_loss`` epoch as safetensors and
-    records one metrics row per epoch. Its state travels in ``last.ckpt``."""
+    records one metrics row per epoch. Its state travels in ``last.ckpt``.
+
+    ``seed`` makes the untrained model the one to beat: its weights are saved
+    first, as epoch -1, with its validation loss as the best so far."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.best = math.inf
         self.best_epoch = -1
+        self.baseline = math.nan
         self.rows: list[dict[str, float]] = []
         self.restored_epochs = 0  # epochs done before a resume
         self._t0 = 0.0
+
+    def seed(self, model: torch.nn.Module, val_loss: float) -> None:
+        self.best = self.baseline = val_loss
+        self.best_epoch = -1
+        self._save(model)
+
+    def _save(self, model: torch.nn.Module) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(self.path, lambda tmp: save_file(state, str(tmp)))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -108,15 +141,15 @@ class BestWeights(Callback):
         val = m.get("val_loss", math.inf)
         if val < self.best:
             self.best, self.best_epoch = val, trainer.current_epoch
-            state = {k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}
-            atomic_write(self.path, lambda tmp: save_file(state, str(tmp)))
+            self._save(pl_module.model)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "rows": self.rows}
+        return {"best": self.best, "best_epoch": self.best_epoch, "baseline": self.baseline, "rows": self.rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
         self.best_epoch = state_dict["best_epoch"]
+        self.baseline = state_dict.get("baseline", math.nan)
         self.rows = list(state_dict["rows"])
         self.restored_epochs = len(self.rows)
 
@@ -144,16 +177,134 @@ def target_scale(y: np.ndarray) -> np.ndarray:
     return np.where(std > 0, std, np.float32(1.0))
 
 
-def unscale_head(state: dict[str, torch.Tensor], scale: np.ndarray) -> dict[str, torch.Tensor]:
-    """Weights of a model trained on y/scale that output y itself."""
-    s = torch.from_numpy(scale).to(state["head.weight"].dtype)  # (h,)
-    return state | {"head.weight": state["head.weight"] * s[:, None], "head.bias": state["head.bias"] * s}
+def spread_init(y: np.ndarray, quantiles: list[float], x_last: np.ndarray | None = None,
+                ridge: float = 0.05) -> tuple[np.ndarray, np.ndarray | None]:
+    """The baseline spread of scaled targets y (n, h): offsets (h, q) and skip (h, f) or None.
+
+    Without ``x_last``: the empirical quantiles of y around its median, so the
+    head with a zero median outputs the training quantiles shifted to 0. With
+    the last step's inputs x_last (n, f), the log volatilities: a ridge
+    regression (penalty ``ridge`` * n) of log|y - median| on them gives skip,
+    the log scale of each window (the slope is that of log sigma(x) in
+    y = sigma(x) eps, eps iid: a HAR-type volatility model, Corsi 2009), and
+    the offsets are the empirical quantiles of y / exp(skip @ x) around their
+    median.
+    """
+    taus = np.asarray(quantiles)
+    skip = None
+    z = y.astype(np.float64)  # (n, h)
+    if x_last is not None:
+        x = np.concatenate([np.ones((len(x_last), 1)), x_last.astype(np.float64)], axis=1)  # (n, f+1)
+        dev = np.log(np.abs(z - np.median(z, axis=0)) + 0.01)  # (n, h); 0.01 std: no log 0
+        penalty = ridge * len(x) * np.eye(x.shape[1])
+        penalty[0, 0] = 0.0  # the intercept is not shrunk
+        beta = np.linalg.solve(x.T @ x + penalty, x.T @ dev)  # (f+1, h)
+        skip = beta[1:].T  # (h, f)
+        z = z / np.exp(x_last @ beta[1:])  # (n, h)
+    q = np.quantile(z, taus, axis=0).T  # (h, q)
+    offsets = q - np.median(z, axis=0)[:, None]  # (h, q)
+    offsets[:, quantiles.index(0.5)] = 0.0
+    offsets += 1e-4 * (taus - 0.5)  # equal empirical quantiles (tiny or discrete data) would make a zero step
+    return offsets.astype(np.float32), None if skip is None else skip.astype(np.float32)
+
+
+def init_head(model: MambaForecaster, y_train: np.ndarray, scale: np.ndarray,
+              x_last: np.ndarray | None = None, columns: list[int] | None = None) -> None:
+    """The baseline head: zero median, the training spread of ``spread_init``
+    (scaled by the inputs ``columns`` of the last step, x_last (n, v), if given),
+    and ``output_scale`` = scale, so the model outputs log returns."""
+    offsets, skip = spread_init(y_train / scale, list(model.quantiles), x_last)
+    full = None
+    if skip is not None:
+        full = torch.zeros(len(model.horizons), model.n_features)  # (h, f)
+        full[:, columns] = torch.from_numpy(skip)
+    model.head.reset(torch.from_numpy(offsets), full)
+    with torch.no_grad():
+        model.output_scale.copy_(torch.from_numpy(scale))
+
+
+@torch.no_grad()
+def loss_of(module: LitMambaForecaster, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
+    """The module's loss over windows (x, y), in eval mode: Lightning's epoch ``val_loss``."""
+    was_training = module.training
+    module.eval()
+    q = torch.cat([module.model(torch.from_numpy(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    module.train(was_training)
+    return float(module._loss(q, torch.from_numpy(y)))
+
+
+def hac_tstat(d: np.ndarray, lag: int) -> np.ndarray:
+    """t-statistics of the means of loss differences d (n, h), with the Newey-West
+    (1987) variance, Bartlett weights up to ``lag``: h-day targets overlap, so
+    neighbouring differences are correlated (the Diebold-Mariano test's variance)."""
+    n = len(d)
+    e = d - d.mean(axis=0)  # (n, h)
+    var = (e * e).mean(axis=0)  # (h,)
+    for k in range(1, min(lag, n - 1) + 1):
+        var = var + 2 * (1 - k / (lag + 1)) * (e[k:] * e[:-k]).mean(axis=0) * (n - k) / n
+    return d.mean(axis=0) / np.sqrt(np.maximum(var, 1e-30) / n)  # (h,)
+
+
+def _no_better(loss: np.ndarray, base: np.ndarray, horizons: tuple[int, ...], t_min: float) -> np.ndarray:
+    """Per horizon: is the loss (n, h) not below the baseline's, or its gain's HAC t-statistic below t_min?"""
+    d = (base - loss).astype(np.float64)  # (n, h), > 0 where the model does better
+    t = np.array([hac_tstat(d[:, [j]], h - 1)[0] for j, h in enumerate(horizons)])  # h-day targets: lag h-1
+    return (d.mean(axis=0) <= 0) | (t < t_min)
+
+
+@torch.no_grad()
+def gate_head(model: MambaForecaster, baseline: dict[str, torch.Tensor], x_val: np.ndarray, y_val: np.ndarray,
+              t_min: float = 0.0) -> list[int]:
+    """Give every horizon whose validation pinball loss does not beat the baseline
+    head's (``baseline``: the head's state dict at init) the baseline's rows of
+    the head back; returns those horizons."""
+    taus = np.asarray(model.quantiles)
+
+    def pinball(q):  # (n, h)
+        err = y_val[..., None] - q  # (n, h, q)
+        return np.maximum(taus * err, (taus - 1) * err).mean(axis=-1)
+
+    trained = {k: v.clone() for k, v in model.head.state_dict().items()}
+    model.head.load_state_dict(baseline)
+    base = pinball(predict_quantiles(model, x_val))
+    model.head.load_state_dict(trained)
+    worse = np.flatnonzero(_no_better(pinball(predict_quantiles(model, x_val)), base, model.horizons, t_min))
+    k = len(model.quantiles) - 1  # steps rows per horizon
+    for j in worse:
+        for name, param in model.head.named_parameters():
+            rows = slice(j * k, (j + 1) * k) if name.startswith("steps.") else slice(j, j + 1)
+            param[rows] = baseline[name][rows]
+    return [model.horizons[j] for j in worse]
+
+
+@torch.no_grad()
+def gate_median(model: MambaForecaster, x_val: np.ndarray, y_val: np.ndarray, t_min: float = 0.0) -> list[int]:
+    """Zero the median of every horizon whose validation MAE is not below the
+    zero forecast's (the random walk), or whose gain has a HAC t-statistic
+    below ``t_min``; returns those horizons."""
+    med = predict_windows(model, x_val)  # (n, h)
+    worse = np.flatnonzero(_no_better(np.abs(med - y_val), np.abs(y_val), model.horizons, t_min))
+    for j in worse:
+        model.head.median.weight[j] = 0.0
+        model.head.median.bias[j] = 0.0
+    return [model.horizons[j] for j in worse]
+
+
+@torch.no_grad()
+def spread_from_residuals(model: MambaForecaster, x_val: np.ndarray, y_val: np.ndarray) -> None:
+    """For a point loss (mse, huber): quantiles = median + the empirical
+    quantiles of the validation residuals around their median."""
+    med = predict_windows(model, x_val)  # (n, h)
+    scale = model.output_scale.numpy()
+    offsets, _ = spread_init((y_val - med) / scale, list(model.quantiles))
+    model.head.set_spread(torch.from_numpy(offsets))
 
 
 def build_module(n_features: int, horizons: list[int], model: ModelConfig, training: TrainingConfig) -> LitMambaForecaster:
-    """The LightningModule, initialised from ``torch.manual_seed(training.seed)``
-    under the lock, so that no other thread draws from the global generator
-    between the seed and the initialisation."""
+    """The LightningModule with the default head (see ``init_head`` for the
+    trained one), initialised from ``torch.manual_seed(training.seed)`` under
+    the lock, so that no other thread draws from the global generator between
+    the seed and the initialisation."""
     with _INIT_LOCK:
         torch.manual_seed(training.seed)
         return LitMambaForecaster(
@@ -198,7 +349,21 @@ def train_model(
     torch.set_num_threads(threads)
     module = build_module(len(windows.feature_names), list(windows.horizons), model, training)
 
+    # Horizons differ in scale (a 30-day return varies ~5x a 1-day one): the
+    # loss divides by each horizon's training std, stored in the model as
+    # output_scale, so a saved model outputs log returns.
+    scale = target_scale(windows.train.y)  # (h,)
+    vol = [j for j, name in enumerate(windows.feature_names) if name in VOLATILITY_COLUMNS]
+    x_last = windows.train.x[:, -1, vol] if training.spread_init == "volatility" and vol else None  # (n, v)
+    init_head(module.model, windows.train.y, scale, x_last, vol)
+    baseline_head = {k: v.clone() for k, v in module.model.head.state_dict().items()}  # the same on a resume
+
     best = BestWeights(workdir / "best.safetensors")
+    stop = EarlyStopping(monitor="val_loss", patience=training.patience, mode="min")
+    if ckpt_path is None:  # the baseline head is the score to beat (a resume restores it)
+        baseline = loss_of(module, windows.val.x, windows.val.y)
+        best.seed(module.model, baseline)
+        stop.best_score = torch.tensor(baseline)
     collate = AugmentCollate(augment, training.seed) if augment.rate > 0 else None
     trainer = L.Trainer(
         max_epochs=training.epochs,
@@ -212,7 +377,7 @@ def train_model(
             # monitor, top-1 is the latest epoch. The best weights are
             # BestWeights' safetensors, so no best .ckpt is pickled.
             ModelCheckpoint(dirpath=workdir / "checkpoints", filename="last", monitor=None, save_top_k=1),
-            EarlyStopping(monitor="val_loss", patience=training.patience, mode="min"),
+            stop,
             best,
             *([_AugmentEpoch(collate)] if collate else []),
             *(callbacks or []),
@@ -223,28 +388,32 @@ def train_model(
         num_sanity_val_steps=0,
         log_every_n_steps=1,
     )
-    # Horizons differ in scale (a 30-day return varies ~5x a 1-day one); train
-    # on targets divided by their training std so each horizon weighs alike in
-    # the loss, then fold the scale into the head (exact: the head is linear).
-    scale = target_scale(windows.train.y)  # (h,)
     train_dl = _loader(
-        windows.train.x, windows.train.y / scale, training.batch_size,
+        windows.train.x, windows.train.y, training.batch_size,
         sampler=EpochSampler(len(windows.train.x), training.seed),
         collate=collate,
     )
-    val_dl = _loader(windows.val.x, windows.val.y / scale, max(training.batch_size, 256))
+    val_dl = _loader(windows.val.x, windows.val.y, max(training.batch_size, 256))
     trainer.fit(module, train_dl, val_dl, ckpt_path=ckpt_path)
 
-    if best.best_epoch < 0:
-        raise RuntimeError(f"training ran no validation epoch (epochs={training.epochs}); nothing to save")
-    state = unscale_head(load_file(str(best.path)), scale)
+    net = module.model
+    net.load_state_dict(load_file(str(best.path)), strict=True)
+    net.eval()
+    reverted = gate_head(net, baseline_head, windows.val.x, windows.val.y, training.gate_t) if training.head_gate else []
+    zeroed = gate_median(net, windows.val.x, windows.val.y, training.gate_t) if training.median_gate else []
+    if training.loss != "pinball":
+        spread_from_residuals(net, windows.val.x, windows.val.y)
     return TrainResult(
-        state_dict=state,
+        state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         best_val_loss=best.best,
         best_epoch=best.best_epoch,
         epochs=trainer.current_epoch,
-        parameters=sum(p.numel() for p in module.model.parameters()),
+        parameters=sum(p.numel() for p in net.parameters()),
         target_scale=[float(v) for v in scale],
         epoch_metrics=list(best.rows),
         resumed_from_epoch=best.restored_epochs if ckpt_path else None,
+        baseline_val_loss=best.baseline,
+        no_skill=best.best_epoch < 0,
+        zero_median_horizons=zeroed,
+        baseline_head_horizons=reverted,
     )

@@ -5,7 +5,7 @@ import pytorch_lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mamba.lit import LitMambaForecaster
+from mamba.lit import LitMambaForecaster, pinball_loss
 
 HORIZONS = [1, 5]
 SMALL = dict(n_features=3, horizons=HORIZONS, d_model=16, n_layers=2, d_state=8, lr=3e-3)
@@ -45,21 +45,24 @@ def test_learns_far_below_mean_baseline_and_logs_exact_epoch_metrics():
     lit, trainer, (_, ytr), (xva, yva) = fit(epochs=6)
     m = {k: v.item() for k, v in trainer.callback_metrics.items()}
     assert set(m) == {"train_loss", "val_loss", "train_mae", "val_mae", "val_mae_h1", "val_mae_h5", "lr"}
-    baseline = ((yva - ytr.mean(0)) ** 2).mean().item()  # predict-the-train-mean MSE, ~0.7
-    assert m["val_loss"] < 0.1 * baseline
-    # the epoch values are means over windows (not over batches of unequal size)
+    baseline = (yva - ytr.median(0).values).abs().mean().item()  # predict-the-train-median MAE, ~0.7
     lit.eval()
     with torch.no_grad():
-        pred = lit.model(xva)
-    assert m["val_loss"] == pytest.approx(((pred - yva) ** 2).mean().item(), rel=1e-5)
+        q = lit.model(xva)  # (b, h, q)
+    pred = q[..., 2]  # the median
+    assert m["val_mae"] < 0.3 * baseline
+    # the epoch values are means over windows (not over batches of unequal size)
+    assert m["val_loss"] == pytest.approx(pinball_loss(q, yva, torch.tensor(lit.hparams.quantiles)).item(), rel=1e-5)
     mae_h = (pred - yva).abs().mean(0)
     assert m["val_mae_h1"] == pytest.approx(mae_h[0].item(), rel=1e-5)
     assert m["val_mae_h5"] == pytest.approx(mae_h[1].item(), rel=1e-5)
     assert m["val_mae"] == pytest.approx((m["val_mae_h1"] + m["val_mae_h5"]) / 2, rel=1e-5)
     assert m["lr"] == pytest.approx(3e-3)
+    # the learned quantiles bracket the targets about as often as their levels say
+    assert 0.75 < ((q[..., 0] <= yva) & (yva <= q[..., 4])).float().mean().item() <= 1.0
     # predict_step returns the model's forecasts
     preds = trainer.predict(lit, DataLoader(TensorDataset(xva, yva), batch_size=64))
-    torch.testing.assert_close(torch.cat(preds), pred)
+    torch.testing.assert_close(torch.cat(preds), q)
 
 
 def test_two_seeded_runs_are_bitwise_identical():
@@ -87,11 +90,29 @@ def test_optimizer_and_plateau_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.25)
 
 
-def test_loss_choice():
-    pred, y = torch.zeros(1, 2), torch.tensor([[3.0, 0.5]])
-    assert LitMambaForecaster(**SMALL)._loss(pred, y).item() == pytest.approx((9 + 0.25) / 2)
-    huber = LitMambaForecaster(**SMALL, loss="huber")  # delta 1: 3 -> 3 - 0.5; 0.5 -> 0.5^2 / 2
-    assert huber._loss(pred, y).item() == pytest.approx((2.5 + 0.125) / 2)
+def test_pinball_loss_by_hand():
+    taus = torch.tensor([0.1, 0.5, 0.9])
+    q = torch.tensor([[[-1.0, 0.0, 2.0]], [[0.0, 1.0, 3.0]]])  # (b=2, h=1, q=3)
+    y = torch.tensor([[1.0], [-1.0]])  # (b, h)
+    # window 1, y - q = (2, 1, -1): 0.1*2, 0.5*1, 0.1*1; window 2, y - q = (-1, -2, -4): 0.9*1, 0.5*2, 0.1*4
+    want = (0.2 + 0.5 + 0.1 + 0.9 + 1.0 + 0.4) / 6
+    assert pinball_loss(q, y, taus).item() == pytest.approx(want)
+
+
+def test_loss_choice_in_units_of_the_output_scale():
+    q = torch.tensor([[[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0]]])  # (1, h=2, 3)
+    y = torch.tensor([[3.0, 0.5]])
+    kw = {**SMALL, "quantiles": [0.25, 0.5, 0.75]}
+    pin = LitMambaForecaster(**kw)  # y - q: (4, 3, 2) and (2.5, 0.5, -1.5)
+    want = (0.25 * 4 + 0.5 * 3 + 0.75 * 2 + 0.25 * 2.5 + 0.5 * 0.5 + 0.25 * 1.5) / 6
+    assert pin._loss(q, y).item() == pytest.approx(want)
+    with torch.no_grad():
+        pin.model.output_scale.copy_(torch.tensor([2.0, 0.5]))  # losses are in scaled units
+    assert pin._loss(q * torch.tensor([2.0, 0.5])[:, None], y * torch.tensor([2.0, 0.5])).item() == pytest.approx(want)
+    mse = LitMambaForecaster(**kw, loss="mse")  # the median only
+    assert mse._loss(q, y).item() == pytest.approx((9 + 0.25) / 2)
+    huber = LitMambaForecaster(**kw, loss="huber")  # delta 1: 3 -> 3 - 0.5; 0.5 -> 0.5^2 / 2
+    assert huber._loss(q, y).item() == pytest.approx((2.5 + 0.125) / 2)
     with pytest.raises(ValueError, match="not one of"):
         LitMambaForecaster(**SMALL, loss="mae")
 
@@ -99,6 +120,7 @@ def test_loss_choice():
 def test_hparams_saved_for_checkpoints():
     lit = LitMambaForecaster(**{**SMALL, "horizons": (1, 5)})
     assert lit.hparams.horizons == [1, 5]  # a plain list, for YAML/JSON metadata
-    assert lit.hparams.d_model == 16 and lit.hparams.loss == "mse"
+    assert lit.hparams.d_model == 16 and lit.hparams.loss == "pinball"
+    assert lit.hparams.quantiles == [0.05, 0.25, 0.5, 0.75, 0.95]
     restored = LitMambaForecaster(**lit.hparams)
     assert restored.model.horizons == (1, 5)

@@ -100,10 +100,12 @@ def test_out_proj_is_rescaled_by_depth():
 
 
 def test_parameter_count_matches_hand_count():
-    f, d, L, n, k, h = 25, 64, 4, 16, 4, 4
+    f, d, L, n, k, h, q = 25, 64, 4, 16, 4, 4, 5
     e, r = 2 * d, 4
     block = d * 2 * e + e * k + e + e * (r + 2 * n) + r * e + e + e * n + e + e * d
-    want = (f * d + d) + L * (block + d) + d + (d * h + h)
+    # head: median (weight, bias), log_scale (weight), scale_skip (weight), steps (weight, bias)
+    head = (d * h + h) + d * h + f * h + (d * h * (q - 1) + h * (q - 1))
+    want = (f * d + d) + L * (block + d) + d + head
     assert sum(p.numel() for p in MambaForecaster(f, [1, 5, 10, 30]).parameters()) == want
 
 
@@ -143,7 +145,7 @@ def test_residual_block_matches_mambapy():
 def test_horizons_kept_and_input_checked():
     model = MambaForecaster(5, [1, 5, 10, 30])
     assert model.horizons == (1, 5, 10, 30)
-    assert model(torch.zeros(2, 7, 5)).shape == (2, 4)
+    assert model(torch.zeros(2, 7, 5)).shape == (2, 4, 5)  # (b, h, q)
     with pytest.raises(ValueError, match=r"f=5, got \(2, 7, 4\)"):
         model(torch.zeros(2, 7, 4))
     with pytest.raises(ValueError, match="horizons is empty"):
@@ -196,3 +198,59 @@ def test_causal_conv1d_kernel_failure_raises_memory_error(monkeypatch):
     out = causal_conv1d(x, w, backend="kernel")
     with pytest.raises(MemoryError, match=r"causal_conv1d: .*\(backward, shape \(2, 5, 8, 4\)\)"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("quantiles", [(0.05, 0.25, 0.5, 0.75, 0.95), (0.5,), (0.1, 0.5), (0.5, 0.6, 0.99)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quantiles_never_cross_for_random_weights_and_inputs(quantiles, seed):
+    torch.manual_seed(seed)
+    model = MambaForecaster(5, [1, 5, 10], d_model=16, n_layers=2, d_state=8, quantiles=quantiles).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.output_scale.copy_(torch.tensor([0.01, 0.5, 3.0]))
+    for w, xs in ((1.0, 3.0), (3.0, 10.0)):  # far from init, the head's weights included; then wild
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(w * torch.randn(p.shape, generator=g, dtype=p.dtype))
+        q = model(xs * torch.randn(64, 12, 5, generator=g, dtype=torch.float64))  # (b, h, q)
+        assert q.shape == (64, 3, len(quantiles)) and torch.isfinite(q).all()
+        # strictly sorted, unless the wild weights underflow a softplus to 0
+        assert (q.diff(dim=-1) > 0).all() if w == 1.0 else (q.diff(dim=-1) >= 0).all()
+    assert model.quantiles[model.median_index] == 0.5
+
+
+@pytest.mark.parametrize("bad", [(0.1, 0.9), (0.5, 0.25), (0.0, 0.5), (0.5, 1.0), (0.25, 0.25, 0.5)])
+def test_quantile_levels_are_checked(bad):
+    with pytest.raises(ValueError, match="contain 0.5"):
+        MambaForecaster(5, [1], quantiles=bad)
+
+
+def test_reset_head_outputs_its_offsets_scaled_by_the_skip_for_any_hidden_state():
+    model = randomise_(small_model(quantiles=(0.1, 0.25, 0.5, 0.9)))
+    offsets = torch.tensor([[-2.0, -0.5, 0.0, 1.5], [-0.3, -0.1, 0.0, 0.2], [-1.0, -0.9, 0.0, 4.0]],
+                           dtype=torch.float64)  # (h, q)
+    skip = 0.1 * torch.randn(3, 5, dtype=torch.float64)  # (h, f)
+    model.head.reset(offsets, skip)
+    x = torch.randn(4, 9, 5, dtype=torch.float64)
+    want = torch.exp(x[:, -1] @ skip.T)[..., None] * offsets  # (b, h, q)
+    torch.testing.assert_close(model(x), want, rtol=1e-12, atol=1e-12)
+    model.head.reset(offsets)  # no skip: a constant
+    torch.testing.assert_close(model(x), offsets.expand(4, 3, 4), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="strictly increasing with 0 at the median"):
+        model.head.reset(offsets.flip(-1))
+
+
+def test_output_scale_multiplies_every_quantile_and_is_saved():
+    model = randomise_(small_model())
+    x = torch.randn(3, 11, 5, dtype=torch.float64)
+    raw = model(x)  # (b, h, q), output_scale 1
+    scale = torch.tensor([0.01, 0.05, 0.2], dtype=torch.float64)
+    state = model.state_dict() | {"output_scale": scale}
+    restored = small_model()
+    restored.load_state_dict(state, strict=True)  # the scale travels in the state dict
+    torch.testing.assert_close(restored(x), raw * scale[:, None], rtol=1e-12, atol=1e-15)
+    # recurrent mode applies it too
+    state_t = None
+    for t in range(11):
+        got, state_t = restored.step(x[:, t], state_t)
+    torch.testing.assert_close(got, raw * scale[:, None], rtol=0, atol=1e-10)

@@ -227,6 +227,13 @@ def test_feature_values_by_hand(make_bars):
     flow = (obv[t] - obv[t - 20]) / v[t - 19: t + 1].sum()
     assert feats["obv_flow_20"][t - WARMUP_ROWS] == pytest.approx(flow, rel=1e-12)
     assert -1 <= feats["obv_flow_20"].min() and feats["obv_flow_20"].max() <= 1
+    # log volatilities: ln std (ddof 0) of the last n log returns; Parkinson's range estimate
+    r = np.diff(np.log(bars["close"].to_numpy()))  # r[i] = return into row i+1
+    hl = np.log(bars["high"].to_numpy() / bars["low"].to_numpy())
+    for n in (5, 20, 50):
+        assert feats[f"log_vol_{n}"][t - WARMUP_ROWS] == pytest.approx(np.log(r[t - n: t].std()), rel=1e-9)
+    pk = np.sqrt(np.mean(hl[t - 19: t + 1] ** 2) / (4 * np.log(2)))
+    assert feats["log_range_vol_20"][t - WARMUP_ROWS] == pytest.approx(np.log(pk), rel=1e-9)
 
 
 def test_zero_width_nulls_become_neutral_values(make_bars):
@@ -236,6 +243,8 @@ def test_zero_width_nulls_become_neutral_values(make_bars):
     assert flat.height == 21
     assert (flat["bb_pos_20"] == 0.5).all() and (flat["range_pos_20"] == 0.5).all()
     assert (flat["vol_z_20"] == 0.0).all()
+    # a flat feed has no volatility: its log is floored at ln 1e-4, not -inf
+    assert (flat["log_vol_5"] == np.log(1e-4)).all() and (flat["log_range_vol_20"] == np.log(1e-4)).all()
     assert feats.null_count().sum_horizontal().item() == 0
 
 

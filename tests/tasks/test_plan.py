@@ -14,13 +14,13 @@ from tasks.windows import make_windows
 
 
 def test_default_config_numbers_by_hand():
-    w = WindowConfig()  # seq_len 60, horizons 1..30, 15 % / 15 %
+    w = WindowConfig(seq_len=60)  # horizons 1..30, 15 % / 15 %
     assert max_horizon(w) == 30
     assert embargo_rows(w) == 30 + 60 - 1
     # the first l-1 rows, the last H rows and two embargoes hold no window end;
     # at 15 % of m = 3 ends, val and test round to 0 and are raised to 1: 1/1/1.
     assert required_rows(w) == 59 + 30 + 2 * 89 + 3
-    assert min_train_bars(Config()) == WARMUP_ROWS + required_rows(w) == 59 + 270
+    assert min_train_bars(Config(windows=w)) == WARMUP_ROWS + required_rows(w) == 59 + 270
     assert min_forecast_bars(60) == 59 + 60
 
 
