@@ -95,10 +95,12 @@ def publish_forecasts(rows: list[dict[str, Any]], results_dir: str) -> None:
 
 
 def forecast_table(rows: list[dict[str, Any]]) -> str:
+    """The median return and price, and the price interval between the outer quantiles."""
     return text_table([{
         "symbol": r["symbol"], "as of": r["as_of"], "close": f"{r['last_close']:.2f}", "horizon": f"{r['horizon']}d",
         "target date": r["target_date"], "return": f"{math.expm1(r['predicted_return']):+.2%}",
-        "price": f"{r['predicted_price']:.2f}"} for r in rows])
+        "price": f"{r['predicted_price']:.2f}", "interval": f"{r['lower_price']:.2f} - {r['upper_price']:.2f}",
+        "model": r["model_run_id"] + (" (no skill)" if r["flag"] == "no_skill" else "")} for r in rows])
 
 
 PREDICT_FLAGS = ("symbols", "source", "results_dir", "store_url", "parallel")

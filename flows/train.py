@@ -33,8 +33,8 @@ from tasks.store import ResultsStore
 
 
 def _outcome(symbol: str, status: str, **kw: Any) -> dict[str, Any]:
-    base = {"symbol": symbol, "status": status, "epochs": None, "best_val_loss": None,
-            "skill": {}, "seconds": None, "model_path": None, "error": None}
+    base = {"symbol": symbol, "status": status, "epochs": None, "best_val_loss": None, "no_skill": None,
+            "metrics": {}, "seconds": None, "model_path": None, "error": None}
     return base | kw
 
 
@@ -56,15 +56,15 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
              bars["date"][-1], len(windows.train), len(windows.val), len(windows.test))
     workdir = results / "work" / symbol
     trained = steps.train_model(windows, config, symbol, workdir, resume)
-    evaluation, pred = steps.evaluate_model(trained, config, windows, symbol)
+    evaluation, q = steps.evaluate_model(trained, config, windows, frame["close"].to_numpy(), symbol)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     seconds = time.perf_counter() - t0
     with ResultsStore(results, config.run.store_url) as store:
         model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
-    steps.publish_plots(symbol, model_dir, trained, windows, pred, evaluation)
+    steps.publish_plots(symbol, model_dir, trained, windows, q, config.model.quantiles, evaluation)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
-                    skill={r["horizon"]: r["skill_zero"] for r in evaluation}, seconds=seconds,
+                    no_skill=trained.no_skill, metrics={r["horizon"]: r for r in evaluation}, seconds=seconds,
                     model_path=str(model_dir))
 
 
@@ -79,11 +79,12 @@ def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) ->
 
 def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
     """Record an earlier completed symbol_run under this run; its outcome for the summary."""
-    keep = ("rows", "windows", "parameters", "epochs", "best_val_loss", "seconds", "model_path", "data_fingerprint")
+    keep = ("rows", "windows", "parameters", "epochs", "best_val_loss", "no_skill", "seconds", "model_path",
+            "data_fingerprint")
     store.record_symbol(run_id, row["symbol"], "completed", **{k: row[k] for k in keep})
-    skill = {e["horizon"]: e["skill_zero"] for e in store.evaluations(row["run_id"], row["symbol"])}
+    metrics = {e["horizon"]: e for e in store.evaluations(row["run_id"], row["symbol"])}
     return _outcome(row["symbol"], "completed", epochs=row["epochs"], best_val_loss=row["best_val_loss"],
-                    skill=skill, seconds=0.0, model_path=row["model_path"])
+                    no_skill=row["no_skill"], metrics=metrics, seconds=0.0, model_path=row["model_path"])
 
 
 def run_symbols(config: Config, subflow: Flow, resume: bool = False) -> list[dict[str, Any]]:
@@ -130,16 +131,26 @@ def train_universe(config: Config = Config(), resume: bool = False) -> list[dict
 
 
 def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[dict[str, str]]:
-    """One row per symbol; skill = 1 - MAE/MAE(random walk) on the test split."""
+    """One row per symbol, at the shortest and the longest horizon, on the test
+    split: ``skill`` = 1 - MAE / MAE(random walk) of the median; ``vs garch`` =
+    1 - pinball / pinball(GARCH(1,1) quantiles); ``cover`` = share of targets
+    inside the central interval (0.05-0.95 by default: 0.90 is calibrated)."""
+    ends = sorted({min(horizons), max(horizons)})
+
+    def cell(o: dict[str, Any], h: int, key: str, fmt: str) -> str:
+        value = o["metrics"].get(h, {}).get(key)
+        return "" if value is None else format(value, fmt)
+
     rows = []
     for o in outcomes:
-        skill = {int(k): v for k, v in o["skill"].items()}
         rows.append({
             "symbol": o["symbol"], "status": o["status"],
             "epochs": "" if o["epochs"] is None else str(o["epochs"]),
-            "best val": "" if o["best_val_loss"] is None else f"{o['best_val_loss']:.3g}",
-            **{f"skill h{h}": f"{skill[h]:+.3f}" if h in skill else "" for h in horizons},
+            **{f"skill h{h}": cell(o, h, "skill_zero", "+.3f") for h in ends},
+            **{f"vs garch h{h}": cell(o, h, "pinball_skill_garch", "+.3f") for h in ends},
+            **{f"cover h{h}": cell(o, h, "coverage", ".2f") for h in ends},
             "seconds": "" if o["seconds"] is None else f"{o['seconds']:.1f}",
+            "note": "no skill: baseline head" if o["no_skill"] else "",
             "error": (o["error"] or "")[:200],
         })
     return rows

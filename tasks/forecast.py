@@ -13,6 +13,7 @@ session after it on the model's exchange calendar (``data.calendar``).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -61,13 +62,23 @@ def forecast_data(config: Config, source: str | None) -> DataConfig:
 
 def forecast_rows(net: MambaForecaster, meta: dict[str, Any], frame: pl.DataFrame) -> list[dict[str, Any]]:
     """One forecast per horizon from the last ``seq_len`` rows of ``frame``
-    (``build_features`` output), scaled with the model's training scaler."""
+    (``build_features`` output), scaled with the model's training scaler: the
+    median, the central interval (the outer quantiles) and every quantile, as
+    log returns and prices. ``flag`` is ``no_skill`` when the model is its
+    untrained baseline head (no epoch beat it on validation)."""
     x, as_of, close = latest_window(frame, meta["feature_names"], Scaler.from_dict(meta["scaler"]),
                                     meta["seq_len"])
-    returns = predict_windows(net, x)[0]  # (h,)
+    q = predict_quantiles(net, x)[0]  # (h, k)
     targets = target_dates(as_of, meta["horizons"], model_config(meta).data.calendar)
-    return [{
-        "model_run_id": meta["run_id"], "symbol": meta["symbol"], "as_of": as_of, "horizon": int(h),
-        "target_date": day, "predicted_return": float(r),
-        "predicted_price": float(close * math.exp(r)), "last_close": float(close),
-    } for h, day, r in zip(meta["horizons"], targets, returns)]
+    flag = "no_skill" if meta.get("metrics", {}).get("no_skill") else None
+    rows = []
+    for h, day, qh in zip(meta["horizons"], targets, q.astype(float)):
+        r, lo, hi = qh[net.median_index], qh[0], qh[-1]
+        rows.append({
+            "model_run_id": meta["run_id"], "symbol": meta["symbol"], "as_of": as_of, "horizon": int(h),
+            "target_date": day, "predicted_return": r, "predicted_price": close * math.exp(r),
+            "last_close": close, "lower_return": lo, "upper_return": hi,
+            "lower_price": close * math.exp(lo), "upper_price": close * math.exp(hi),
+            "quantiles": json.dumps({str(t): v for t, v in zip(net.quantiles, qh)}), "flag": flag,
+        })
+    return rows

@@ -71,13 +71,15 @@ def forecast_vs_actual_figure(
     y_pred: np.ndarray,
     horizons: Sequence[int],
     close: np.ndarray | None = None,
+    band: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Figure:
     """One panel per horizon: actual vs predicted over the test split.
 
     dates: the n as-of dates t of the windows; y_true, y_pred: (n, h) forward
-    log returns. With ``close`` (n,), the close at t, the panels show prices
-    at t+h instead: ``close * exp(y)`` (DESIGN.md, Targets), still plotted at
-    the as-of date t.
+    log returns; ``band`` (lower, upper), each (n, h), the forecast's central
+    interval, drawn shaded. With ``close`` (n,), the close at t, the panels
+    show prices at t+h instead: ``close * exp(y)`` (DESIGN.md, Targets), still
+    plotted at the as-of date t.
     """
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
@@ -94,11 +96,16 @@ def forecast_vs_actual_figure(
             raise ValueError(f"close {close.shape} must be (len(dates),) = ({len(dates)},)")
         y_true = close[:, None] * np.exp(y_true)                 # (n, h) prices at t+h
         y_pred = close[:, None] * np.exp(y_pred)                 # (n, h)
+        if band is not None:
+            band = tuple(close[:, None] * np.exp(np.asarray(b, dtype=np.float64)) for b in band)  # (n, h) each
     fig = Figure(figsize=(10, 2.5 * n_h + 0.5), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_h, 1, sharex=True, squeeze=False)[:, 0]
     for j, (ax, h) in enumerate(zip(axes, horizons)):
         mae = np.mean(np.abs(y_pred[:, j] - y_true[:, j]))
+        if band is not None:
+            ax.fill_between(dates, band[0][:, j], band[1][:, j], color="C1", alpha=0.2, linewidth=0,
+                            label="forecast interval")
         ax.plot(dates, y_true[:, j], color="black", linewidth=1.0, label="actual")
         ax.plot(dates, y_pred[:, j], color="C1", linewidth=1.0, label="predicted")
         if close is None:
@@ -129,8 +136,9 @@ def forecast_vs_actual_png(
     horizons: Sequence[int],
     path: str | Path,
     close: np.ndarray | None = None,
+    band: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
-    return save_png(forecast_vs_actual_figure(dates, y_true, y_pred, horizons, close), path)
+    return save_png(forecast_vs_actual_figure(dates, y_true, y_pred, horizons, close, band), path)
 
 
 def png_to_markdown(path: str | Path, title: str) -> str:

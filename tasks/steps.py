@@ -42,10 +42,11 @@ from pydantic import Field
 import tasks.features as features_mod
 from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
 from tasks.bars import bars_fingerprint
-from tasks.evaluate import evaluate_forecasts
+from tasks.baselines import baselines_on_test
+from tasks.evaluate import evaluate_quantile_forecasts
 from tasks.features import build_features as _build_features
 from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markdown
-from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_windows
+from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_quantiles
 from tasks.plan import trainer_threads
 from tasks.sources import SourceError, files_dir, find_file, load_bars, source_code_hash
 from tasks.store import ResultsStore, load_model, package_versions, save_model
@@ -141,11 +142,17 @@ def train_model(windows: Windows, config: Config, symbol: str, workdir: Path, re
 
 
 @task(name="evaluate_model", task_run_name="evaluate-{symbol}", cache_policy=NO_CACHE)
-def evaluate_model(trained: TrainResult, config: Config, windows: Windows, symbol: str) -> tuple[list[dict], np.ndarray]:
-    """Test-split metrics per horizon for the best weights, against the naive forecasts."""
+def evaluate_model(trained: TrainResult, config: Config, windows: Windows, close: np.ndarray,
+                   symbol: str) -> tuple[list[dict], np.ndarray]:
+    """Test-split metrics per horizon of the saved weights' quantiles (n, h, k),
+    beside the baselines fitted on the same training split (``tasks.baselines``);
+    ``close`` (N,) is the feature frame's close, which the windows' ends index."""
     model = load_forecaster(trained.state_dict, len(windows.feature_names), windows.horizons, config.model)
-    pred = predict_windows(model, windows.test.x)  # (n, h)
-    return evaluate_forecasts(windows.test.y, pred, windows.horizons, windows.train.y), pred
+    q = predict_quantiles(model, windows.test.x)  # (n, h, k)
+    _, baselines = baselines_on_test(windows, close, config.model.quantiles)
+    rows = evaluate_quantile_forecasts(windows.test.y, q, config.model.quantiles, windows.horizons, baselines,
+                                       stride=config.windows.stride)
+    return rows, q
 
 
 def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, trained: TrainResult,
@@ -162,6 +169,7 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
         "feature_names": list(windows.feature_names),
         "scaler": windows.scaler.to_dict(),
         "horizons": [int(h) for h in windows.horizons],
+        "quantiles": list(config.model.quantiles),
         "seq_len": int(windows.seq_len),
         "splits": {"train": span(windows.train), "val": span(windows.val), "test": span(windows.test)},
         "windows": {"train": len(windows.train), "val": len(windows.val), "test": len(windows.test)},
@@ -171,7 +179,12 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
         "versions": package_versions(),
         "metrics": {
             "best_val_loss": trained.best_val_loss,
+            "baseline_val_loss": trained.baseline_val_loss,
             "best_epoch": trained.best_epoch,
+            # no epoch beat the untrained head (zero median, training spread): it is what was saved
+            "no_skill": trained.no_skill,
+            "zero_median_horizons": trained.zero_median_horizons,
+            "baseline_head_horizons": trained.baseline_head_horizons,
             "epochs": trained.epochs,
             "resumed_from_epoch": trained.resumed_from_epoch,
             "target_scale": trained.target_scale,
@@ -192,7 +205,7 @@ def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult
     store.record_symbol(
         run_id, symbol, "completed", rows=rows, windows=sum(metadata["windows"].values()),
         parameters=trained.parameters, epochs=trained.epochs, best_val_loss=trained.best_val_loss,
-        seconds=seconds, model_path=str(model_dir), data_fingerprint=metadata["data_fingerprint"],
+        no_skill=trained.no_skill, seconds=seconds, model_path=str(model_dir), data_fingerprint=metadata["data_fingerprint"],
     )
     return model_dir
 
@@ -229,13 +242,16 @@ def artifact_key(prefix: str, symbol: str) -> str:
 
 
 @task(name="publish_plots", task_run_name="plots-{symbol}", cache_policy=NO_CACHE)
-def publish_plots(symbol: str, model_dir: Path, trained: TrainResult, windows: Windows, pred: np.ndarray,
-                  evaluation: list[dict]) -> list[Path]:
-    """Learning curve and test-split forecast-vs-actual PNGs into the model
-    directory, and the same as Prefect artifacts with the metrics table."""
+def publish_plots(symbol: str, model_dir: Path, trained: TrainResult, windows: Windows, q: np.ndarray,
+                  quantiles: list[float], evaluation: list[dict]) -> list[Path]:
+    """Learning curve and test-split forecast-vs-actual PNGs (the median, and
+    the central interval between the outer quantiles q (n, h, k)) into the
+    model directory, and the same as Prefect artifacts with the metrics table."""
     curve = learning_curve_png(trained.epoch_metrics, model_dir / "learning_curve.png")
-    test = forecast_vs_actual_png(windows.test.end_dates, windows.test.y, pred, windows.horizons,
-                                  model_dir / "forecast_vs_actual.png", close=windows.test.close)
+    median = q[..., quantiles.index(0.5)]  # (n, h)
+    test = forecast_vs_actual_png(windows.test.end_dates, windows.test.y, median, windows.horizons,
+                                  model_dir / "forecast_vs_actual.png", close=windows.test.close,
+                                  band=(q[..., 0], q[..., -1]))
     create_table_artifact(
         key=artifact_key("metrics", symbol), table=_round_rows(evaluation),
         description=f"{symbol}: test-split metrics per horizon; skill = 1 - MAE/MAE(naive)")

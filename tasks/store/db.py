@@ -224,7 +224,7 @@ class ResultsStore:
         self, run_id: str, symbol: str, status: str, *,
         error: str | None = None, rows: int | None = None, windows: int | None = None,
         parameters: int | None = None, epochs: int | None = None,
-        best_val_loss: float | None = None, seconds: float | None = None,
+        best_val_loss: float | None = None, no_skill: bool | None = None, seconds: float | None = None,
         model_path: str | Path | None = None, data_fingerprint: str | None = None,
         started_at: dt.datetime | None = None, finished_at: dt.datetime | None = None,
     ) -> None:
@@ -245,7 +245,7 @@ class ResultsStore:
         row = {k: _plain(v) for k, v in dict(
             run_id=run_id, symbol=symbol, status=status, error=error, rows=rows,
             windows=windows, parameters=parameters, epochs=epochs,
-            best_val_loss=best_val_loss, seconds=seconds,
+            best_val_loss=best_val_loss, no_skill=no_skill, seconds=seconds,
             model_path=None if model_path is None else self._relative(model_path),
             data_fingerprint=data_fingerprint, started_at=_utc(started_at), finished_at=finished_at,
         ).items()}

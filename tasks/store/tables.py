@@ -7,9 +7,9 @@ their zone and ``tasks.store.db`` puts it back on reading.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Date, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Date, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text
 
-from tasks.evaluate import EVALUATION_KEYS
+from tasks.evaluate import QUANTILE_EVALUATION_KEYS as EVALUATION_KEYS
 
 SCHEMA = MetaData()  # the five tables; SCHEMA.create_all makes them
 _ts = DateTime(timezone=True)  # written as UTC; SQLite keeps it naive, read back as UTC
@@ -34,6 +34,7 @@ SYMBOL_RUNS = Table(
     Column("parameters", Integer),
     Column("epochs", Integer),
     Column("best_val_loss", Float),
+    Column("no_skill", Boolean),  # no epoch beat the untrained head (zero median, training spread)
     Column("seconds", Float),
     Column("model_path", Text),
     Column("data_fingerprint", String),
@@ -65,5 +66,9 @@ PREDICTIONS = Table(
     Column("predicted_return", Float, nullable=False),
     Column("predicted_price", Float, nullable=False),
     Column("last_close", Float, nullable=False),
+    # the central interval (outer quantiles) and every quantile {"0.05": r, ...}, as log returns and prices
+    *(Column(c, Float) for c in ("lower_return", "upper_return", "lower_price", "upper_price")),
+    Column("quantiles", Text),  # JSON
+    Column("flag", String(16)),  # "no_skill": the model is its untrained baseline head
     Column("created_at", _ts, nullable=False),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from pathlib import Path
 
@@ -52,10 +53,19 @@ def test_forecasts_every_horizon_from_the_latest_window(trained):
     scaled = (frame - np.array(meta["scaler"]["mean"])) / np.array(meta["scaler"]["std"])
     net = load_forecaster(state, len(meta["feature_names"]), meta["horizons"], model_config(meta).model)
     with torch.no_grad():
-        expect = net(torch.from_numpy(scaled[None].astype(np.float32)))[0].numpy()
-    np.testing.assert_allclose([r["predicted_return"] for r in rows], expect, rtol=1e-5, atol=1e-7)
-    assert [(p["horizon"], p["predicted_return"]) for p in stored] == [
-        (r["horizon"], pytest.approx(r["predicted_return"], rel=1e-12)) for r in rows]
+        expect = net(torch.from_numpy(scaled[None].astype(np.float32)))[0].numpy()  # (h, k)
+    taus = meta["quantiles"]
+    got = np.array([[json.loads(r["quantiles"])[str(t)] for t in taus] for r in rows])  # (h, k)
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7)
+    assert np.all(np.diff(got, axis=1) > 0)  # sorted quantiles
+    for r, q in zip(rows, got):
+        # the point forecast is the median; the interval is the outer quantiles, in returns and prices
+        assert (r["predicted_return"], r["lower_return"], r["upper_return"]) == (q[taus.index(0.5)], q[0], q[-1])
+        assert r["lower_price"] == pytest.approx(r["last_close"] * math.exp(q[0]), rel=1e-12)
+        assert r["upper_price"] == pytest.approx(r["last_close"] * math.exp(q[-1]), rel=1e-12)
+    assert [(p["horizon"], p["predicted_return"], p["upper_price"], p["quantiles"]) for p in stored] == [
+        (r["horizon"], pytest.approx(r["predicted_return"], rel=1e-12), pytest.approx(r["upper_price"], rel=1e-12),
+         r["quantiles"]) for r in rows]
 
 
 def test_symbol_without_model_fails_alone_with_exit_1(trained, capsys):

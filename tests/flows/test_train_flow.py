@@ -43,20 +43,24 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
             assert r["rows"] == 420
             epochs = store.epoch_metrics(r["run_id"], r["symbol"])
             assert [e["epoch"] for e in epochs] == [0, 1, 2]
-            assert r["best_val_loss"] == pytest.approx(min(e["val_loss"] for e in epochs), rel=1e-6)
+            state, meta = load_model(Path(r["model_path"]))
+            # the untrained baseline head's validation loss is the score to beat (epoch -1)
+            baseline = meta["metrics"]["baseline_val_loss"]
+            assert r["best_val_loss"] == pytest.approx(min(baseline, *(e["val_loss"] for e in epochs)), rel=1e-6)
             assert r["best_val_loss"] == pytest.approx(outcome["best_val_loss"], rel=1e-9)
+            assert r["no_skill"] == outcome["no_skill"] == (r["best_val_loss"] == pytest.approx(baseline, rel=1e-9))
             evaluation = store.evaluations(r["run_id"], r["symbol"])
             assert sorted(e["horizon"] for e in evaluation) == [1, 5, 10, 30]
             for e in evaluation:
                 assert e["skill_zero"] == pytest.approx(1 - e["mae"] / e["zero_mae"])
-                assert e["skill_zero"] == pytest.approx(outcome["skill"][e["horizon"]])
-            state, meta = load_model(Path(r["model_path"]))
+                assert e["skill_zero"] == pytest.approx(outcome["metrics"][e["horizon"]]["skill_zero"])
+                assert e["pinball_skill_garch"] == pytest.approx(1 - e["pinball"] / e["garch_pinball"])
             assert meta["symbol"] == r["symbol"] and meta["horizons"] == [1, 5, 10, 30]
             assert meta["data_fingerprint"] == r["data_fingerprint"]
             assert meta["data_fingerprint"] == bars_fingerprint(load_bars(r["symbol"], "synthetic", days=420))
             assert meta["threads"] == trainer_threads(config)
             assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
-            assert sum(v.numel() for v in state.values()) == r["parameters"]
+            assert sum(v.numel() for k, v in state.items() if k != "output_scale") == r["parameters"]  # buffer aside
             # the model directory holds the safetensors model and its plots, nothing pickled
             assert sorted(p.name for p in Path(r["model_path"]).iterdir()) == [
                 "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
@@ -214,7 +218,8 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
     # resuming again keeps the completed symbol instead of retraining it ...
     again = train_universe(interrupted, resume=True)[0]
     assert again["status"] == "completed" and again["model_path"] == resumed["model_path"]
-    assert again["skill"] == pytest.approx(resumed["skill"])
+    assert {h: m["pinball"] for h, m in again["metrics"].items()} == pytest.approx(
+        {h: m["pinball"] for h, m in resumed["metrics"].items()})
     # ... unless the config changed
     changed = tiny_config(tmp_path / "resumed", ["AAA"], epochs=3, patience=10)
     assert train_universe(changed, resume=True)[0]["model_path"] != resumed["model_path"]

@@ -14,7 +14,7 @@ import torch
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from tasks.evaluate import EVALUATION_KEYS, evaluate_forecasts
+from tasks.evaluate import EVALUATION_KEYS, QUANTILE_EVALUATION_KEYS, evaluate_forecasts
 from tasks.store import SCHEMA, ResultsStore, to_json
 
 UTC = dt.timezone.utc
@@ -116,7 +116,7 @@ def test_symbol_runs_round_trip_and_upsert(store, tmp_path):
     store.record_symbol(rid, "AAPL", "failed", error="first try: boom", seconds=1.0)
     store.record_symbol(
         rid, "AAPL", "completed", rows=np.int64(2500), windows=870, parameters=123_456,
-        epochs=12, best_val_loss=torch.tensor(0.25), seconds=np.float32(42.5),
+        epochs=12, best_val_loss=torch.tensor(0.25), no_skill=True, seconds=np.float32(42.5),
         model_path=model_dir, data_fingerprint="abc123",
         finished_at=dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
@@ -125,7 +125,7 @@ def test_symbol_runs_round_trip_and_upsert(store, tmp_path):
     assert aapl == {
         "run_id": rid, "symbol": "AAPL", "status": "completed", "error": None,
         "rows": 2500, "windows": 870, "parameters": 123_456, "epochs": 12,
-        "best_val_loss": 0.25, "seconds": 42.5, "model_path": str(model_dir),
+        "best_val_loss": 0.25, "no_skill": True, "seconds": 42.5, "model_path": str(model_dir),
         "data_fingerprint": "abc123",
         "started_at": dt.datetime(2025, 1, 2, 3, 3, 22, 500000, tzinfo=UTC),
         "finished_at": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
@@ -182,7 +182,9 @@ def test_evaluations_round_trip(store):
     store.record_evaluation(rid, "AAPL", rows)
     store.record_evaluation(rid, "AAPL", rows[:1])                       # idempotent
     got = store.evaluations(rid, "AAPL")
-    assert got == [{"run_id": rid, "symbol": "AAPL", **r} for r in rows]
+    # columns the rows do not fill (the quantile metrics) read None
+    blank = {k: None for k in QUANTILE_EVALUATION_KEYS}
+    assert got == [{"run_id": rid, "symbol": "AAPL", **blank, **r} for r in rows]
 
 
 def test_predictions_round_trip_and_replace(store):
