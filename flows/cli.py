@@ -46,15 +46,19 @@ def flag_overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 def check_run(config: Config) -> list[str]:
     """What can be known wrong before any symbol is touched: the symbols or
-    universe names, the source, the calendar, the feature columns. Returns
-    the symbols."""
+    universe names, the source, the calendar, the feature columns, and
+    whether the results database answers (a wrong URL or password, a server
+    that is down). Returns the symbols."""
     # Imported here: the pipeline's modules pull in torch and Prefect, which
     # `--help` does not need.
     from tasks.calendar import check_calendar
     from tasks.features import feature_names
     from tasks.sources import check_source
+    from tasks.store import check_store
 
     check_source(config.data.source)
     check_calendar(config.data.calendar)
     feature_names(config.features)
-    return resolve_symbols(config.run.symbols)
+    symbols = resolve_symbols(config.run.symbols)
+    check_store(config.run.store_url)  # last: it may wait for a server (connect_timeout)
+    return symbols

@@ -6,7 +6,11 @@ symbol is a task that runs its subflow, so the UI shows every subflow under
 the parent). A symbol that fails is recorded with its reason; the others go on.
 
     fetch_bars -> validate_bars -> build_features -> make_windows
-               -> train_model -> evaluate_model -> save_run
+               -> train_model -> evaluate_model -> render_plots -> save_run -> publish_plots
+
+``save_run`` puts the model (weights, metadata, plots) and its rows in the
+results store in one transaction; the local results directory keeps only
+caches and the checkpoints of symbols still training.
 """
 
 from __future__ import annotations
@@ -58,14 +62,15 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     trained = steps.train_model(windows, config, symbol, workdir, resume)
     evaluation, q = steps.evaluate_model(trained, config, windows, frame["close"].to_numpy(), symbol)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
+    plots = steps.render_plots(symbol, trained, windows, q, config.model.quantiles)
     seconds = time.perf_counter() - t0
     with ResultsStore(results, config.run.store_url) as store:
-        model_dir = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, bars.height, seconds)
-    steps.publish_plots(symbol, model_dir, trained, windows, q, config.model.quantiles, evaluation)
+        model = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, plots, bars.height, seconds)
+    steps.publish_plots(symbol, plots, evaluation)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
                     no_skill=trained.no_skill, metrics={r["horizon"]: r for r in evaluation}, seconds=seconds,
-                    model_path=str(model_dir))
+                    model_path=model)
 
 
 def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) -> dict[str, dict[str, Any]]:
@@ -78,7 +83,8 @@ def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) ->
 
 
 def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[str, Any]:
-    """Record an earlier completed symbol_run under this run; its outcome for the summary."""
+    """Record an earlier completed symbol_run under this run (its model_path
+    names the earlier run's model: nothing is copied); its outcome for the summary."""
     keep = ("rows", "windows", "parameters", "epochs", "best_val_loss", "no_skill", "seconds", "model_path",
             "data_fingerprint")
     store.record_symbol(run_id, row["symbol"], "completed", **{k: row[k] for k in keep})

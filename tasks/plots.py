@@ -1,24 +1,22 @@
-"""PNG plots of a training run, for the model directory and Prefect artifacts.
+"""PNG plots of a training run, stored with the model and shown as Prefect artifacts.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
 directly, not pyplot: no global state, no display, safe in worker threads.
 Each plot has a ``*_figure`` function that returns the Figure (what tests
-inspect) and a ``*_png`` function that writes it atomically (``tasks.atomic``: a
-reader never sees half a PNG).
+inspect) and a ``*_png`` function that renders it to PNG bytes: the same bytes
+go into the results store (``tasks.store.model_files``) and into the artifact.
 """
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
+import io
 from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
-from tasks.atomic import atomic_write
 
 DPI = 100
 
@@ -120,13 +118,15 @@ def forecast_vs_actual_figure(
     return fig
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as PNG at ``path`` atomically; returns the path."""
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi))
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
 
 
-def learning_curve_png(epochs: list[dict], path: str | Path) -> Path:
-    return save_png(learning_curve_figure(epochs), path)
+def learning_curve_png(epochs: list[dict]) -> bytes:
+    return png_bytes(learning_curve_figure(epochs))
 
 
 def forecast_vs_actual_png(
@@ -134,19 +134,18 @@ def forecast_vs_actual_png(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     horizons: Sequence[int],
-    path: str | Path,
     close: np.ndarray | None = None,
     band: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Path:
-    return save_png(forecast_vs_actual_figure(dates, y_true, y_pred, horizons, close, band), path)
+) -> bytes:
+    return png_bytes(forecast_vs_actual_figure(dates, y_true, y_pred, horizons, close, band))
 
 
-def png_to_markdown(path: str | Path, title: str) -> str:
+def png_to_markdown(png: bytes, title: str) -> str:
     """Markdown with a heading and the PNG inlined as a base64 data URI.
 
     Prefect stores markdown artifacts with inline images as they are, so
     the plot shows in the UI without serving the file.
     """
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    data = base64.b64encode(png).decode("ascii")
     alt = " ".join(title.replace("[", "(").replace("]", ")").split())
     return f"## {' '.join(title.split())}\n\n![{alt}](data:image/png;base64,{data})\n"

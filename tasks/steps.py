@@ -49,7 +49,7 @@ from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markd
 from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_quantiles
 from tasks.plan import trainer_threads
 from tasks.sources import SourceError, files_dir, find_file, load_bars, source_code_hash
-from tasks.store import ResultsStore, load_model, package_versions, save_model
+from tasks.store import ResultsStore, load_model, package_versions, save_trained_model
 from tasks.train import TrainResult
 from tasks.train import train_model as _train_model
 from tasks.validate import QualityReport, validate_bars as _validate_bars
@@ -194,20 +194,34 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
     }
 
 
+LEARNING_CURVE, FORECAST_VS_ACTUAL = "learning_curve.png", "forecast_vs_actual.png"  # names in the store
+
+
+@task(name="render_plots", task_run_name="render-plots-{symbol}", cache_policy=NO_CACHE)
+def render_plots(symbol: str, trained: TrainResult, windows: Windows, q: np.ndarray,
+                 quantiles: list[float]) -> dict[str, bytes]:
+    """The learning curve and the test split's forecast vs actual prices (the
+    median, and the central interval between the outer quantiles of q (n, h, k)),
+    as PNG bytes by file name."""
+    median = q[..., quantiles.index(0.5)]  # (n, h)
+    return {
+        LEARNING_CURVE: learning_curve_png(trained.epoch_metrics),
+        FORECAST_VS_ACTUAL: forecast_vs_actual_png(windows.test.end_dates, windows.test.y, median, windows.horizons,
+                                                   close=windows.test.close, band=(q[..., 0], q[..., -1])),
+    }
+
+
 @task(name="save_run", task_run_name="save-{symbol}", cache_policy=NO_CACHE)
 def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult, metadata: dict[str, Any],
-             evaluation: list[dict], rows: int, seconds: float) -> Path:
-    """Write the model atomically, then its rows in the store (the model first:
-    a store row never points at a model that is not there)."""
-    model_dir = save_model(store.results_dir, symbol, run_id, trained.state_dict, metadata)
-    store.record_epochs(run_id, symbol, trained.epoch_metrics)
-    store.record_evaluation(run_id, symbol, evaluation)
-    store.record_symbol(
-        run_id, symbol, "completed", rows=rows, windows=sum(metadata["windows"].values()),
-        parameters=trained.parameters, epochs=trained.epochs, best_val_loss=trained.best_val_loss,
-        no_skill=trained.no_skill, seconds=seconds, model_path=str(model_dir), data_fingerprint=metadata["data_fingerprint"],
-    )
-    return model_dir
+             evaluation: list[dict], plots: dict[str, bytes], rows: int, seconds: float) -> str:
+    """The model (weights, metadata, plots) and its rows (epochs, evaluation,
+    the completed symbol_run) in one transaction: every reader sees all of
+    them or none. Returns the model's key, ``store:SYMBOL/RUN_ID``."""
+    return save_trained_model(
+        store, symbol, run_id, trained.state_dict, metadata, plots, trained.epoch_metrics, evaluation,
+        rows=rows, windows=sum(metadata["windows"].values()), parameters=trained.parameters, epochs=trained.epochs,
+        best_val_loss=trained.best_val_loss, no_skill=trained.no_skill, seconds=seconds,
+        data_fingerprint=metadata["data_fingerprint"])
 
 
 class ModelNotFoundError(LookupError):
@@ -216,13 +230,13 @@ class ModelNotFoundError(LookupError):
 
 @task(name="load_model", task_run_name="load-model-{symbol}", cache_policy=NO_CACHE)
 def load_latest_model(store: ResultsStore, symbol: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(weights, metadata) of the symbol's latest completed model."""
-    model_dir = store.latest_model(symbol)
-    if model_dir is None:
-        raise ModelNotFoundError(
-            f"{symbol}: no completed model in {store.url}; train one first: "
-            f"python -m flows.train --symbols {symbol} --results {store.results_dir}")
-    return load_model(model_dir)
+    """(weights, metadata) of the symbol's latest completed model, from the store."""
+    model = store.latest_model(symbol)
+    if model is None:
+        where = f"--store-url {store.url}" if store.engine.dialect.name != "sqlite" else f"--results {store.results_dir}"
+        raise ModelNotFoundError(f"{symbol}: no completed model in {store.url}; train one first: "
+                                 f"python -m flows.train --symbols {symbol} {where}")
+    return load_model(store, model)
 
 
 @task(name="forecast", task_run_name="forecast-{symbol}", cache_policy=NO_CACHE)
@@ -242,25 +256,16 @@ def artifact_key(prefix: str, symbol: str) -> str:
 
 
 @task(name="publish_plots", task_run_name="plots-{symbol}", cache_policy=NO_CACHE)
-def publish_plots(symbol: str, model_dir: Path, trained: TrainResult, windows: Windows, q: np.ndarray,
-                  quantiles: list[float], evaluation: list[dict]) -> list[Path]:
-    """Learning curve and test-split forecast-vs-actual PNGs (the median, and
-    the central interval between the outer quantiles q (n, h, k)) into the
-    model directory, and the same as Prefect artifacts with the metrics table."""
-    curve = learning_curve_png(trained.epoch_metrics, model_dir / "learning_curve.png")
-    median = q[..., quantiles.index(0.5)]  # (n, h)
-    test = forecast_vs_actual_png(windows.test.end_dates, windows.test.y, median, windows.horizons,
-                                  model_dir / "forecast_vs_actual.png", close=windows.test.close,
-                                  band=(q[..., 0], q[..., -1]))
+def publish_plots(symbol: str, plots: dict[str, bytes], evaluation: list[dict]) -> None:
+    """The metrics table and the plots (the PNG bytes stored with the model) as Prefect artifacts."""
     create_table_artifact(
         key=artifact_key("metrics", symbol), table=_round_rows(evaluation),
         description=f"{symbol}: test-split metrics per horizon; skill = 1 - MAE/MAE(naive)")
     create_markdown_artifact(
         key=artifact_key("plots", symbol),
-        markdown=png_to_markdown(curve, f"{symbol}: learning curve") + "\n\n"
-        + png_to_markdown(test, f"{symbol}: test split, forecast vs actual"),
+        markdown=png_to_markdown(plots[LEARNING_CURVE], f"{symbol}: learning curve") + "\n\n"
+        + png_to_markdown(plots[FORECAST_VS_ACTUAL], f"{symbol}: test split, forecast vs actual"),
         description=f"{symbol}: learning curve and test-split forecasts")
-    return [curve, test]
 
 
 def _round_rows(rows: list[dict[str, Any]], digits: int = 5) -> list[dict[str, Any]]:

@@ -1,24 +1,31 @@
-"""Results store: what every run learned, in SQL (``db``, ``tables``), and the
-model files on disk (``model_files``).
+"""Results store: what every run learned and the models it trained, in one
+SQL database (``db``, ``tables``; opened by ``engine``; model files in
+``model_files``).
 
     with ResultsStore(results_dir, url) as store:
         store.start_run(run_id, config, symbols)
-        ...
-    model_dir = save_model(results_dir, symbol, run_id, state_dict, metadata)
-    state_dict, metadata = load_model(model_dir)
+        # a model's files and its rows, in one transaction: together or not at all
+        key = save_trained_model(store, symbol, run_id, state_dict, metadata, {"plot.png": png},
+                                 epoch_metrics, evaluation, epochs=3, seconds=12.5)
+        state_dict, metadata = load_model(store, store.latest_model(symbol))
 
 Import these names from ``tasks.store``: which module defines each is the
 layout, not the API.
 """
 
 from tasks.store.db import RUN_STATUSES, SYMBOL_STATUSES, ResultsStore, to_json
+from tasks.store.engine import StoreConnectionError, check_store
 from tasks.store.model_files import (
-    METADATA_FILE, WEIGHTS_FILE, ModelFileError, load_model, package_versions, save_model,
+    METADATA_FILE, WEIGHTS_FILE, ModelFileError, export_model, load_model, model_key, read_model_files,
+    package_versions, save_model, save_trained_model,
 )
-from tasks.store.tables import EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
+from tasks.store.tables import (
+    EPOCH_METRICS, EVALUATIONS, MODEL_FILES, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS,
+)
 
 __all__ = [
-    "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "PREDICTIONS", "RUNS", "RUN_STATUSES", "SCHEMA",
-    "SYMBOL_RUNS", "SYMBOL_STATUSES", "WEIGHTS_FILE", "ModelFileError", "ResultsStore", "load_model",
-    "package_versions", "save_model", "to_json",
+    "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "MODEL_FILES", "PREDICTIONS", "RUNS", "RUN_STATUSES",
+    "SCHEMA", "SYMBOL_RUNS", "SYMBOL_STATUSES", "WEIGHTS_FILE", "ModelFileError", "ResultsStore",
+    "StoreConnectionError", "check_store", "export_model", "load_model", "model_key", "read_model_files",
+    "package_versions", "save_model", "save_trained_model", "to_json",
 ]

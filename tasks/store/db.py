@@ -1,37 +1,38 @@
-"""The SQL side of the results store: ``ResultsStore``, its queries, the SQLite setup.
+"""The SQL side of the results store: ``ResultsStore`` and its queries.
 
-The database (SQLAlchemy Core; SQLite ``RESULTS/store.db`` by default, any
-URL such as PostgreSQL for several machines) has five tables, defined in
-``tasks.store.tables``:
+The database (SQLAlchemy Core; SQLite ``RESULTS/store.db`` by default, or
+PostgreSQL for several machines: ``tasks.store.engine``) has these tables,
+defined in ``tasks.store.tables``:
 
     runs           one row per train_universe run: config, symbols, status
     symbol_runs    one row per (run, symbol): completed | failed, the reason,
-                   sizes, best val loss, seconds, model path, data fingerprint
+                   sizes, best val loss, seconds, the model ("store:SYMBOL/RUN_ID"),
+                   data fingerprint
     epoch_metrics  one row per (run, symbol, epoch)
     evaluations    one row per (run, symbol, horizon): tasks.evaluate's keys
     predictions    one row per (model run, symbol, as-of date, horizon)
+    model_files    one row per file of a trained model (``tasks.store.model_files``)
 
 Every write method runs in one transaction and replaces the rows it names
-(re-recording an epoch, a horizon or a symbol outcome overwrites it), so a
-retried task never duplicates rows. Symbols in rows are stored as given (a
-symbol that failed validation is still recorded, with its reason); only
-``save_model``, where a symbol becomes a path, validates it. On SQLite the
-store turns on WAL and a busy timeout and starts write transactions with
-``BEGIN IMMEDIATE``: writers queue for the lock instead of failing with
-"database is locked" when the flow trains several symbols in threads. (WAL
-needs a local disk, not NFS; use PostgreSQL to share a store between
-machines.)
+(re-recording an epoch, a horizon or a symbol outcome overwrites it: an
+upsert), so a retried task never duplicates rows. ``transaction()`` puts
+several write calls into one transaction: a model, its epochs, evaluations
+and symbol_runs row commit together or not at all. Symbols in rows are stored
+as given (a symbol that failed validation is still recorded, with its
+reason); only ``save_model`` validates it.
 
 Run ids and ``to_json`` live here too: the store mints the ids and keeps
-configs as JSON; ``model_files`` uses both for a model's path and metadata.
+configs as JSON; ``model_files`` uses both for a model's key and metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
 import secrets
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -39,8 +40,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, Table, create_engine, delete, event, func, inspect, select, update
+from sqlalchemy import Connection, Table, func, inspect, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
+from tasks.store.engine import open_engine
 from tasks.store.tables import EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
 
 RUN_STATUSES = ("running", "completed", "partial", "failed")
@@ -49,8 +52,8 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 def check_run_id(run_id: str) -> str:
-    """``run_id`` itself if it is a valid run id; a run id becomes a directory
-    name under ``models/SYMBOL/``, so nothing that could climb out is let through."""
+    """``run_id`` itself if it is a valid run id: short, plain characters, so
+    that it is safe in a key, a file name and a command line."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValueError(
             f"bad run id {run_id!r}: use up to 64 letters, digits, '_', '.', '-', "
@@ -139,12 +142,17 @@ class ResultsStore:
         if url is None:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{self.results_dir / 'store.db'}"
-        self.engine = create_engine(url)
+        self.engine = open_engine(url)  # StoreConnectionError naming the URL if it cannot connect
         self.closed = False
         self.url = self.engine.url.render_as_string(hide_password=True)  # for messages
-        if self.engine.dialect.name == "sqlite":
-            _sqlite_setup(self.engine)
+        self._transaction = threading.local()  # the open transaction() of each thread
         with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Processes opening a new store at once would all find no
+                # tables and all CREATE them; all but one then fail on
+                # PostgreSQL's catalog (duplicate key ... pg_type_typname_nsp_index).
+                # This lock, held until commit, makes the others wait, then find them.
+                conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
             SCHEMA.create_all(conn)
             _add_missing_columns(conn)
 
@@ -172,14 +180,32 @@ class ResultsStore:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
+        joined = getattr(self._transaction, "conn", None)
+        if joined is not None:  # inside transaction(): its connection, its commit
+            yield joined
+            return
         with self._connect() as conn:
             conn.execution_options(mambaflow_write=True)  # -> BEGIN IMMEDIATE on SQLite
             with conn.begin():
-                yield conn
+                self._transaction.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._transaction.conn = None
 
-    def _read(self, query) -> list[dict]:
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """One write transaction around several calls: every write method of
+        this store called inside the block, in this thread, joins it, so their
+        rows commit together at the end of the block, or not at all if it
+        raises. Yields the connection (for ``tasks.store.model_files``)."""
+        return self._write()
+
+    def read(self, query) -> list[dict]:
+        """The rows of a SELECT as dicts, timestamps in UTC."""
         with self._connect() as conn:
             return [_from_db(dict(r._mapping)) for r in conn.execute(query)]
+
+    _read = read  # the name the queries below (and older callers) use
 
     @staticmethod
     def new_run_id() -> str:
@@ -225,15 +251,15 @@ class ResultsStore:
         error: str | None = None, rows: int | None = None, windows: int | None = None,
         parameters: int | None = None, epochs: int | None = None,
         best_val_loss: float | None = None, no_skill: bool | None = None, seconds: float | None = None,
-        model_path: str | Path | None = None, data_fingerprint: str | None = None,
+        model_path: str | None = None, data_fingerprint: str | None = None,
         started_at: dt.datetime | None = None, finished_at: dt.datetime | None = None,
     ) -> None:
         """Insert or replace the outcome of one symbol in one run.
 
         A failed symbol must say why (``error``). ``finished_at`` defaults to
-        now and ``started_at`` to ``finished_at - seconds``. A model path
-        inside the results directory is stored relative to it, so the store
-        stays valid when the directory moves; reads return it absolute.
+        now and ``started_at`` to ``finished_at - seconds``. ``model_path``
+        is the model's key in the store, ``store:SYMBOL/RUN_ID``
+        (``tasks.store.model_files.save_model`` returns it).
         """
         if status not in SYMBOL_STATUSES:
             raise ValueError(f"{symbol}: status {status!r} must be one of {SYMBOL_STATUSES}")
@@ -246,14 +272,12 @@ class ResultsStore:
             run_id=run_id, symbol=symbol, status=status, error=error, rows=rows,
             windows=windows, parameters=parameters, epochs=epochs,
             best_val_loss=best_val_loss, no_skill=no_skill, seconds=seconds,
-            model_path=None if model_path is None else self._relative(model_path),
+            model_path=None if model_path is None else str(model_path),
             data_fingerprint=data_fingerprint, started_at=_utc(started_at), finished_at=finished_at,
         ).items()}
         with self._write() as conn:
             self._require_run(conn, run_id, symbol)
-            conn.execute(delete(SYMBOL_RUNS).where(
-                SYMBOL_RUNS.c.run_id == run_id, SYMBOL_RUNS.c.symbol == symbol))
-            conn.execute(SYMBOL_RUNS.insert(), row)
+            _upsert(conn, SYMBOL_RUNS, [row])
 
     def record_epochs(self, run_id: str, symbol: str, rows: list[dict]) -> None:
         """Rows with ``epoch`` and any of train_loss, val_loss, train_mae, val_mae, lr, seconds."""
@@ -267,11 +291,7 @@ class ResultsStore:
         rows = _rows_for(table, rows, {"run_id": run_id, "symbol": symbol}, (key, *required))
         with self._write() as conn:
             self._require_run(conn, run_id, symbol)
-            if rows:
-                conn.execute(delete(table).where(
-                    table.c.run_id == run_id, table.c.symbol == symbol,
-                    table.c[key].in_([r[key] for r in rows])))
-                conn.execute(table.insert(), rows)
+            _upsert(conn, table, rows)
 
     def record_predictions(self, rows: list[dict]) -> None:
         """Rows with model_run_id, symbol, as_of, horizon, target_date,
@@ -284,22 +304,13 @@ class ResultsStore:
             r["target_date"] = _as_date(r["target_date"], "target_date")
             r["created_at"] = _utc(r.get("created_at")) or _now()
         with self._write() as conn:
-            for r in rows:
-                conn.execute(delete(PREDICTIONS).where(*(PREDICTIONS.c[k] == r[k] for k in key)))
-            if rows:
-                conn.execute(PREDICTIONS.insert(), rows)
+            _upsert(conn, PREDICTIONS, rows)
 
     # ------------------------------------------------------------ reads
 
     def symbol_runs(self, run_id: str | None = None) -> list[dict]:
         q = select(SYMBOL_RUNS).order_by(SYMBOL_RUNS.c.run_id, SYMBOL_RUNS.c.symbol)
-        rows = self._read(q if run_id is None else q.where(SYMBOL_RUNS.c.run_id == run_id))
-        return self._with_absolute_paths(rows)
-
-    def _with_absolute_paths(self, rows: list[dict]) -> list[dict]:
-        for r in rows:
-            r["model_path"] = r["model_path"] and str(self.results_dir / r["model_path"])
-        return rows
+        return self._read(q if run_id is None else q.where(SYMBOL_RUNS.c.run_id == run_id))
 
     def epoch_metrics(self, run_id: str, symbol: str) -> list[dict]:
         t = EPOCH_METRICS
@@ -317,7 +328,7 @@ class ResultsStore:
     def latest_completed(self, symbols: list[str]) -> dict[str, dict]:
         """For each of ``symbols`` that has one, its most recently finished
         completed symbol_run with a model (ties: the larger run id), as
-        ``symbol_runs`` returns rows (model_path absolute). One query."""
+        ``symbol_runs`` returns rows. One query."""
         t = SYMBOL_RUNS
         rank = func.row_number().over(partition_by=t.c.symbol,
                                       order_by=(t.c.finished_at.desc(), t.c.run_id.desc()))
@@ -325,22 +336,41 @@ class ResultsStore:
                   .where(t.c.symbol.in_(list(symbols)), t.c.status == "completed", t.c.model_path.is_not(None))
                   .subquery())
         q = select(*(ranked.c[c.name] for c in t.c)).where(ranked.c["rank"] == 1).order_by(ranked.c.symbol)
-        return {r["symbol"]: r for r in self._with_absolute_paths(self._read(q))}
+        return {r["symbol"]: r for r in self._read(q)}
 
-    def latest_model(self, symbol: str) -> Path | None:
-        """Model directory of the symbol's most recently finished completed run with a model, if any."""
+    def latest_model(self, symbol: str) -> str | None:
+        """The model (``store:SYMBOL/RUN_ID``) of the symbol's most recently
+        finished completed run with a model, if any."""
         row = self.latest_completed([symbol]).get(symbol)
-        return Path(row["model_path"]) if row else None
-
-    def _relative(self, path: str | Path) -> str:
-        p = Path(path).resolve()
-        return p.relative_to(self.results_dir).as_posix() if p.is_relative_to(self.results_dir) else str(p)
+        return row["model_path"] if row else None
 
 
 def _from_db(row: dict) -> dict:
-    # SQLite drops the time zone of stored UTC timestamps: put it back.
-    return {k: v.replace(tzinfo=dt.timezone.utc) if isinstance(v, dt.datetime) and v.tzinfo is None else v
-            for k, v in row.items()}
+    # SQLite drops the zone of the stored UTC timestamps (naive: put UTC back);
+    # PostgreSQL returns them in the session's TimeZone (convert to UTC).
+    return {k: (v.astimezone(dt.timezone.utc) if v.tzinfo else v.replace(tzinfo=dt.timezone.utc))
+            if isinstance(v, dt.datetime) else v for k, v in row.items()}
+
+
+_SCHEMA_LOCK = 0x6D616D6261666C6F  # "mambaflo": the advisory lock key of schema changes
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict]) -> None:
+    """Insert ``rows``, each replacing the row with its primary key, whole (a
+    column it leaves out becomes NULL): one INSERT ... ON CONFLICT DO UPDATE.
+
+    Not a delete then an insert, which is safe only while writers take turns
+    (SQLite's BEGIN IMMEDIATE): on PostgreSQL two transactions that delete
+    the same missing key both go on to insert it, and the second fails with a
+    unique violation. Rows repeating a key in one call: the last one wins.
+    """
+    key = [c.name for c in table.primary_key]
+    rows = list({tuple(r[k] for k in key): {c.name: r.get(c.name) for c in table.columns} for r in rows}.values())
+    if not rows:
+        return
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name](table)
+    replace = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in key}
+    conn.execute(insert.on_conflict_do_update(index_elements=key, set_=replace), rows)
 
 
 def _add_missing_columns(conn: Connection) -> None:
@@ -358,27 +388,3 @@ def _add_missing_columns(conn: Connection) -> None:
             assert column.nullable, f"{table.name}.{column.name}: a column added later must be nullable"
             kind = column.type.compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
-
-
-def _sqlite_setup(engine) -> None:
-    """WAL, a busy timeout, and BEGIN IMMEDIATE for writes.
-
-    Following SQLAlchemy's "Transactions with SQLite" recipe, sqlite3's own
-    implicit BEGIN is turned off and the store emits BEGIN itself. Write
-    transactions take the write lock up front (IMMEDIATE): a deferred
-    transaction that reads and then writes fails with "database is locked"
-    when another writer committed in between, whatever the busy timeout.
-    """
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        write = conn.get_execution_options().get("mambaflow_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

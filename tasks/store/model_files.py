@@ -1,9 +1,19 @@
-"""Model files on disk: ``RESULTS/models/SYMBOL/RUN_ID/``.
+"""A trained model's files, kept in the results database (table ``model_files``).
 
-A model directory holds ``weights.safetensors`` and ``metadata.json``.
-``save_model`` writes both into a hidden sibling directory, fsyncs, and
-renames it into place, so a crash leaves either the whole model or nothing;
-``load_model`` reads them with safetensors and json only, never pickle.
+A model is ``weights.safetensors`` (its state dict), ``metadata.json`` and
+the PNG plots of its training, each one row: name, content, sha256, size.
+``save_model`` inserts them inside the store's transaction, so a caller that
+also records the run's rows in it (``save_trained_model``) commits the model
+and its rows together or not at all. A model's key is ``store:SYMBOL/RUN_ID``
+(``symbol_runs.model_path``). ``load_model`` checks every sha256 and decodes
+with safetensors and json only: nothing is ever unpickled.
+
+Why the database rather than files on a shared disk or in an object store
+(fsspec): one transaction covers the model and its rows, so no reader ever
+finds a row whose model is missing or a model without its rows, and a second
+machine needs nothing but the database URL it already has; no other service
+to run, secure and back up. Models are well under 1 MB, a size both SQLite
+and PostgreSQL (BYTEA) hold without trouble.
 
 ``package_versions`` is here too: it is what a model's metadata records about
 the libraries that made it, and nothing else uses it.
@@ -11,143 +21,151 @@ the libraries that made it, and nothing else uses it.
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import json
-import os
 import re
-import secrets
-import shutil
 import sys
-import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from sqlalchemy import select
 
+from tasks.atomic import atomic_write
 from tasks.bars import validate_symbol
-from tasks.store.db import check_run_id, to_json
+from tasks.store.db import ResultsStore, check_run_id, to_json
+from tasks.store.tables import MODEL_FILES
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "metadata.json"
-# A temporary model directory older than this belongs to a save that died:
-# a live save creates the directory and both files within the time it takes
-# to write the weights (seconds for these models), so an hour is a wide margin.
-STALE_TEMP_SECONDS = 3600.0
-_TEMP_DIR = re.compile(r"\.(?P<run_id>.+)\.[0-9a-f]{8}\.tmp")
+_FILE_NAME = re.compile(r"[a-z0-9_][a-z0-9_.\-]{0,63}")  # plain names: they may become file names on export
+_KEY = re.compile(r"store:(?P<symbol>[^/]+)/(?P<run_id>[^/]+)")
 
 
 class ModelFileError(ValueError):
-    """A model directory that cannot be loaded safely."""
+    """A stored model that cannot be loaded safely: missing, damaged or not what it claims."""
 
 
-def save_model(
-    results_dir: str | Path, symbol: str, run_id: str,
-    state_dict: dict[str, torch.Tensor], metadata: dict,
-) -> Path:
-    """Write ``RESULTS/models/SYMBOL/RUN_ID/{weights.safetensors,metadata.json}`` atomically.
+def model_key(symbol: str, run_id: str) -> str:
+    """``store:SYMBOL/RUN_ID``: how symbol_runs.model_path names a model in the store."""
+    return f"store:{symbol}/{run_id}"
 
-    Both files go into a hidden temporary sibling, are fsynced, and the
-    directory is renamed into place. A crash before the rename leaves no
-    model directory, only the hidden temp directory, which a later save for
-    the symbol removes (``_sweep_temp_dirs``); after it, the whole model. An
-    existing model directory is never replaced: FileExistsError (run ids are
-    unique, so this means the run was already saved). Returns the model
-    directory.
+
+def parse_model_key(key: str) -> tuple[str, str]:
+    """(symbol, run_id) of ``store:SYMBOL/RUN_ID``."""
+    match = _KEY.fullmatch(str(key))
+    if match is None:
+        raise ModelFileError(
+            f"model {key!r} is not a store key (store:SYMBOL/RUN_ID); a path here is a model directory "
+            "written by an earlier mambaflow, which kept models on disk: retrain the symbol "
+            "(python -m flows.train --symbols SYMBOL) to keep its model in the results database")
+    return match["symbol"], match["run_id"]
+
+
+def save_model(store: ResultsStore, symbol: str, run_id: str, state_dict: dict[str, torch.Tensor],
+               metadata: dict, files: dict[str, bytes] | None = None) -> str:
+    """Insert the model's weights (safetensors), metadata (JSON) and ``files``
+    (e.g. PNG plots, by name) into ``model_files``; returns the model's key.
+
+    Runs in ``store.transaction()``: inside a caller's transaction the rows
+    commit with the caller's. A model already saved under this run and
+    symbol is never replaced: FileExistsError (run ids are unique, so this
+    means the run was already saved). Bad metadata or a bad name fails before
+    anything is written.
     """
-    symbol = validate_symbol(symbol)  # it becomes a path: checked, canonical case
+    symbol = validate_symbol(symbol)  # canonical case: the key must match what readers ask for
     check_run_id(run_id)
     if not isinstance(metadata, dict):
         raise TypeError(f"{symbol}: metadata must be a dict, got {type(metadata).__name__}")
-    text = to_json(metadata)  # fails before anything touches the disk
+    extra = dict(files or {})
+    bad = sorted(n for n in extra if n in (WEIGHTS_FILE, METADATA_FILE) or not _FILE_NAME.fullmatch(n))
+    if bad:
+        raise ValueError(f"{symbol}: file names {bad} refused: use lowercase letters, digits, '_', '.', '-' "
+                         f"(up to 64), other than {WEIGHTS_FILE} and {METADATA_FILE}")
     # own, contiguous CPU copies: safetensors refuses views and shared storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    parent = Path(results_dir) / "models" / symbol
-    final = parent / run_id
-    if final.exists():
-        raise FileExistsError(f"{symbol}: model {final} already exists; save under a new run id")
-    parent.mkdir(parents=True, exist_ok=True)
-    _sweep_temp_dirs(parent, run_id)
-    tmp = parent / f".{run_id}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
+    contents = {WEIGHTS_FILE: save_safetensors(tensors), METADATA_FILE: to_json(metadata).encode("utf-8"), **extra}
+    rows = [{"run_id": run_id, "symbol": symbol, "name": name, "content": content,
+             "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+            for name, content in contents.items()]
+    key = model_key(symbol, run_id)
+    with store.transaction() as conn:
+        t = MODEL_FILES
+        if conn.execute(select(t.c.name).where(t.c.run_id == run_id, t.c.symbol == symbol).limit(1)).first():
+            raise FileExistsError(f"{symbol}: model {key} already exists in {store.url}; save under a new run id")
+        conn.execute(t.insert(), rows)
+    return key
+
+
+def save_trained_model(store: ResultsStore, symbol: str, run_id: str, state_dict: dict[str, torch.Tensor],
+                       metadata: dict, files: dict[str, bytes], epoch_metrics: list[dict], evaluation: list[dict],
+                       **symbol_run: Any) -> str:
+    """A trained model and its rows in one transaction: its files
+    (``save_model``), epoch metrics, evaluation and its completed symbol_runs
+    row (``symbol_run``: the other keyword arguments of ``record_symbol``),
+    so that every reader sees all of them or none. Returns the model's key."""
+    with store.transaction():
+        key = save_model(store, symbol, run_id, state_dict, metadata, files)
+        store.record_epochs(run_id, symbol, epoch_metrics)
+        store.record_evaluation(run_id, symbol, evaluation)
+        store.record_symbol(run_id, symbol, "completed", model_path=key, **symbol_run)
+    return key
+
+
+def read_model_files(store: ResultsStore, key: str) -> dict[str, bytes]:
+    """{name: content} of every file of the model ``key``, each checked
+    against its stored sha256 and size."""
+    symbol, run_id = parse_model_key(key)
+    t = MODEL_FILES
+    rows = store.read(select(t).where(t.c.run_id == run_id, t.c.symbol == symbol).order_by(t.c.name))
+    if not rows:
+        raise ModelFileError(f"model {key} has no files in {store.url}; retrain: "
+                             f"python -m flows.train --symbols {symbol}")
+    out = {}
+    for r in rows:
+        content = bytes(r["content"])
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != r["sha256"] or len(content) != r["size"]:
+            raise ModelFileError(
+                f"{key}/{r['name']} is damaged: sha256 {digest[:12]}..., {len(content)} bytes; stored "
+                f"{r['sha256'][:12]}..., {r['size']} bytes. It changed after it was saved; retrain the symbol")
+        out[r["name"]] = content
+    return out
+
+
+def load_model(store: ResultsStore, key: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict on CPU, metadata) of the model ``key``; never unpickles."""
+    files = read_model_files(store, key)
+    for name in (WEIGHTS_FILE, METADATA_FILE):
+        if name not in files:
+            raise ModelFileError(f"{key}/{name} is missing: a model holds {WEIGHTS_FILE} and {METADATA_FILE}")
     try:
-        save_file(tensors, tmp / WEIGHTS_FILE)
-        _fsync_file(tmp / WEIGHTS_FILE)
-        with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError as e:
-            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise FileExistsError(f"{symbol}: model {final} appeared while saving") from e
-            raise
-        _fsync_dir(parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return final
-
-
-def _sweep_temp_dirs(parent: Path, run_id: str) -> None:
-    """Remove the temp directories that crashed saves left in ``parent``.
-
-    Any left by this run go, whatever their age: this run is being saved now,
-    by this call. Those of other runs go only once older than
-    ``STALE_TEMP_SECONDS``: another thread or machine may be saving another
-    run of this symbol at this moment, and a young temp directory may be its.
-    """
-    cutoff = time.time() - STALE_TEMP_SECONDS
-    for entry in parent.iterdir():
-        match = _TEMP_DIR.fullmatch(entry.name)
-        if match is None or not entry.is_dir():
-            continue
-        try:
-            if match["run_id"] == run_id or entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry)
-        except FileNotFoundError:
-            pass  # another save swept it first
-
-
-def load_model(model_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict on CPU, metadata) of a model directory; never unpickles."""
-    model_dir = Path(model_dir)
-    weights, meta = model_dir / WEIGHTS_FILE, model_dir / METADATA_FILE
-    for f in (weights, meta):
-        if not f.is_file():
-            raise ModelFileError(f"{f} is missing: a model directory holds {WEIGHTS_FILE} and {METADATA_FILE}")
-    try:
-        state = load_file(weights, device="cpu")
+        state = load_safetensors(files[WEIGHTS_FILE])
     except SafetensorError as e:
         raise ModelFileError(
-            f"{weights} is not a safetensors file ({e}); refusing it: models are never unpickled. "
-            "Retrain, or convert it yourself with safetensors.torch.save_file"
-        ) from e
+            f"{key}/{WEIGHTS_FILE} is not a safetensors file ({e}); refusing it: models are never unpickled. "
+            "Retrain, or convert it yourself with safetensors.torch.save") from e
     try:
-        metadata = json.loads(meta.read_text(encoding="utf-8"))
+        metadata = json.loads(files[METADATA_FILE].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{meta} is not JSON: {e}") from e
+        raise ModelFileError(f"{key}/{METADATA_FILE} is not JSON: {e}") from e
     if not isinstance(metadata, dict):
-        raise ModelFileError(f"{meta} holds a {type(metadata).__name__}, expected a JSON object")
+        raise ModelFileError(f"{key}/{METADATA_FILE} holds a {type(metadata).__name__}, expected a JSON object")
     return state, metadata
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # makes a rename / new entry durable; directories cannot be opened on Windows
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def export_model(store: ResultsStore, key: str, folder: str | Path) -> Path:
+    """Write the files of the model ``key`` to ``FOLDER/SYMBOL/RUN_ID/`` (each
+    one whole: write-then-rename), for tools that want files; returns that directory."""
+    symbol, run_id = parse_model_key(key)
+    target = Path(folder) / symbol / run_id
+    for name, content in read_model_files(store, key).items():
+        atomic_write(target / name, lambda tmp, content=content: tmp.write_bytes(content))
+    return target
 
 
 def package_versions() -> dict[str, str | None]:

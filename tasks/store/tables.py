@@ -1,17 +1,20 @@
-"""The five tables of the results store (what each holds: ``tasks.store.db``).
+"""The tables of the results store (what each holds: ``tasks.store.db``).
 
-One definition for every database: SQLite creates these tables, and the
-tests compile them for PostgreSQL. Timestamps are written as UTC; SQLite drops
-their zone and ``tasks.store.db`` puts it back on reading.
+One definition for every database: the tests create these tables on SQLite
+and on a real PostgreSQL server. Timestamps are written as UTC; SQLite drops
+their zone, PostgreSQL returns them in the session's zone, and
+``tasks.store.db`` turns both back into UTC on reading.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Date, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    Boolean, Column, Date, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+)
 
 from tasks.evaluate import QUANTILE_EVALUATION_KEYS as EVALUATION_KEYS
 
-SCHEMA = MetaData()  # the five tables; SCHEMA.create_all makes them
+SCHEMA = MetaData()  # every table; SCHEMA.create_all makes them
 _ts = DateTime(timezone=True)  # written as UTC; SQLite keeps it naive, read back as UTC
 
 RUNS = Table(
@@ -36,7 +39,7 @@ SYMBOL_RUNS = Table(
     Column("best_val_loss", Float),
     Column("no_skill", Boolean),  # no epoch beat the untrained head (zero median, training spread)
     Column("seconds", Float),
-    Column("model_path", Text),
+    Column("model_path", Text),  # "store:SYMBOL/RUN_ID": the run whose model_files rows hold the model
     Column("data_fingerprint", String),
     Column("started_at", _ts),
     Column("finished_at", _ts),
@@ -71,4 +74,16 @@ PREDICTIONS = Table(
     Column("quantiles", Text),  # JSON
     Column("flag", String(16)),  # "no_skill": the model is its untrained baseline head
     Column("created_at", _ts, nullable=False),
+)
+MODEL_FILES = Table(
+    # A trained model's files (weights.safetensors, metadata.json, the PNG
+    # plots), written in the transaction that writes its symbol_runs row, so
+    # that every machine that reaches the database reaches the model too.
+    "model_files", SCHEMA,
+    Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),  # the run that trained it
+    Column("symbol", String, primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("content", LargeBinary, nullable=False),  # BYTEA on PostgreSQL, BLOB on SQLite
+    Column("sha256", String(64), nullable=False),    # hex digest of content, checked on every read
+    Column("size", Integer, nullable=False),         # bytes; models are well under 1 MB
 )

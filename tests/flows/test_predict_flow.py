@@ -47,7 +47,7 @@ def test_forecasts_every_horizon_from_the_latest_window(trained):
 
     # the same numbers by hand: model from the files, window from the features
     with ResultsStore(trained) as store:
-        state, meta = load_model(store.latest_model("AAA"))
+        state, meta = load_model(store, store.latest_model("AAA"))
         stored = store.predictions("AAA")
     frame = build_features(bars).select(meta["feature_names"]).tail(meta["seq_len"]).to_numpy()
     scaled = (frame - np.array(meta["scaler"]["mean"])) / np.array(meta["scaler"]["std"])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from pytorch_lightning.callbacks import Callback
 
 import tasks.steps
@@ -16,12 +20,14 @@ from flows.train import main, train_universe
 from tasks.plan import trainer_threads
 from tasks.bars import bars_fingerprint
 from tasks.sources import load_bars
-from tasks.store import ResultsStore, load_model
+from tasks.store import ResultsStore, load_model, read_model_files
 from tests.flows.conftest import tiny_config
 
 
-def _weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_model(Path(path))[0]
+def _weights(results: Path, model: str) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` (store:SYMBOL/RUN_ID) in the store of ``results``."""
+    with ResultsStore(results) as store:
+        return load_model(store, model)[0]
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -43,7 +49,7 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
             assert r["rows"] == 420
             epochs = store.epoch_metrics(r["run_id"], r["symbol"])
             assert [e["epoch"] for e in epochs] == [0, 1, 2]
-            state, meta = load_model(Path(r["model_path"]))
+            state, meta = load_model(store, r["model_path"])
             # the untrained baseline head's validation loss is the score to beat (epoch -1)
             baseline = meta["metrics"]["baseline_val_loss"]
             assert r["best_val_loss"] == pytest.approx(min(baseline, *(e["val_loss"] for e in epochs)), rel=1e-6)
@@ -55,22 +61,35 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
                 assert e["skill_zero"] == pytest.approx(1 - e["mae"] / e["zero_mae"])
                 assert e["skill_zero"] == pytest.approx(outcome["metrics"][e["horizon"]]["skill_zero"])
                 assert e["pinball_skill_garch"] == pytest.approx(1 - e["pinball"] / e["garch_pinball"])
+            assert r["model_path"] == outcome["model_path"] == f"store:{r['symbol']}/{r['run_id']}"
             assert meta["symbol"] == r["symbol"] and meta["horizons"] == [1, 5, 10, 30]
             assert meta["data_fingerprint"] == r["data_fingerprint"]
             assert meta["data_fingerprint"] == bars_fingerprint(load_bars(r["symbol"], "synthetic", days=420))
             assert meta["threads"] == trainer_threads(config)
             assert len(meta["scaler"]["mean"]) == len(meta["feature_names"])
             assert sum(v.numel() for k, v in state.items() if k != "output_scale") == r["parameters"]  # buffer aside
-            # the model directory holds the safetensors model and its plots, nothing pickled
-            assert sorted(p.name for p in Path(r["model_path"]).iterdir()) == [
+            # the store holds the safetensors model and its plots, nothing pickled
+            files = read_model_files(store, r["model_path"])
+            assert sorted(files) == [
                 "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
             for png in ("learning_curve.png", "forecast_vs_actual.png"):
-                assert (Path(r["model_path"]) / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the work directory (checkpoints) is gone once a symbol completed
+                assert files[png][:8] == b"\x89PNG\r\n\x1a\n"
+                # the Prefect artifact shows the very bytes that were stored
+                assert base64.b64encode(files[png]).decode() in _artifact(f"plots-{r['symbol'].lower()}")
+    # no models on the local disk; the work directory (checkpoints) is gone once a symbol completed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefect", "store.db", "work"]
     assert list((tmp_path / "work").iterdir()) == []
     # the default store is an ordinary SQLite file other tools can read
     with sqlite3.connect(tmp_path / "store.db") as db:
         assert db.execute("select count(*) from evaluations where symbol = 'BBB'").fetchone() == (4,)
+
+
+def _artifact(key: str) -> str:
+    """The latest version of the artifact ``key`` (its markdown or table data)."""
+    with get_client(sync_client=True) as client:
+        [latest] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                         sort=ArtifactSort.CREATED_DESC, limit=1)
+    return str(latest.data)
 
 
 def _table(out: str) -> dict[str, dict[str, str]]:
@@ -115,7 +134,7 @@ def test_neighbours_do_not_change_a_symbols_weights(tmp_path):
         cfg = apply_overrides(cfg, noisy | {"run": {"parallel": len(symbols)}})
         out = {o["symbol"]: o for o in train_universe(cfg)}
         assert {o["status"] for o in out.values()} == {"completed"}
-        return _weights(out["AAPL"]["model_path"])
+        return _weights(tmp_path / name, out["AAPL"]["model_path"])
 
     assert _same(aapl("pair", ["AAPL", "MSFT"]), aapl("trio", ["AAPL", "IBM", "GOOG"]))
 
@@ -149,8 +168,8 @@ def test_same_seed_gives_bit_identical_weights(tmp_path):
     a = train_universe(tiny_config(tmp_path / "a", ["AAA"]))[0]
     b = train_universe(tiny_config(tmp_path / "b", ["AAA"]))[0]
     c = train_universe(tiny_config(tmp_path / "c", ["AAA"], seed=8))[0]
-    assert _same(_weights(a["model_path"]), _weights(b["model_path"]))
-    assert not _same(_weights(a["model_path"]), _weights(c["model_path"]))
+    assert _same(_weights(tmp_path / "a", a["model_path"]), _weights(tmp_path / "b", b["model_path"]))
+    assert not _same(_weights(tmp_path / "a", a["model_path"]), _weights(tmp_path / "c", c["model_path"]))
 
 
 def test_changing_test_period_bars_leaves_weights_identical(tmp_path):
@@ -162,7 +181,7 @@ def test_changing_test_period_bars_leaves_weights_identical(tmp_path):
         frame.write_csv(data / "AAA.csv")
         out = train_universe(tiny_config(tmp_path / name, ["AAA"], source=f"files:{data}"))[0]
         assert out["status"] == "completed", out["error"]
-        return _weights(out["model_path"])
+        return _weights(tmp_path / name, out["model_path"])
 
     base = train_on(bars, "base")
     n = bars.height
@@ -207,13 +226,14 @@ def test_resume_continues_from_last_checkpoint(tmp_path, monkeypatch):
 
     resumed = train_universe(interrupted, resume=True)[0]
     assert resumed["status"] == "completed"
-    _, meta = load_model(Path(resumed["model_path"]))
+    with ResultsStore(tmp_path / "resumed") as store:
+        _, meta = load_model(store, resumed["model_path"])
     # the crash came before epoch 1's checkpoint (Lightning runs checkpoint
     # callbacks last), so one finished epoch was restored and epoch 1 replayed
     assert meta["metrics"]["resumed_from_epoch"] == 1
     assert meta["metrics"]["epochs"] == 4
     # the resumed run replays exactly what the uninterrupted run did
-    assert _same(_weights(full["model_path"]), _weights(resumed["model_path"]))
+    assert _same(_weights(tmp_path / "full", full["model_path"]), _weights(tmp_path / "resumed", resumed["model_path"]))
 
     # resuming again keeps the completed symbol instead of retraining it ...
     again = train_universe(interrupted, resume=True)[0]

@@ -1,15 +1,13 @@
-"""Plots: valid PNGs of the right size, the plotted data, atomic writes, markdown."""
+"""Plots: valid PNGs of the right size, the plotted data, markdown."""
 
 import base64
 import datetime as dt
-import os
 import re
 import struct
 
 import numpy as np
 import pytest
 
-import tasks.atomic as atomic_mod
 from tasks.plots import (
     forecast_vs_actual_figure, forecast_vs_actual_png, learning_curve_figure,
     learning_curve_png, png_to_markdown,
@@ -24,19 +22,15 @@ Y_TRUE = RNG.normal(0, 0.02, size=(30, 4))
 Y_PRED = 0.5 * Y_TRUE + RNG.normal(0, 0.01, size=(30, 4))
 
 
-def _png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
+def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == PNG_MAGIC
     length, kind = struct.unpack(">I4s", data[8:16])
     assert kind == b"IHDR" and length == 13
     return struct.unpack(">II", data[16:24])
 
 
-def test_learning_curve_png_is_a_png_of_the_figure_size(tmp_path):
-    path = learning_curve_png(EPOCHS, tmp_path / "sub" / "learning_curve.png")
-    assert path == tmp_path / "sub" / "learning_curve.png"
-    assert _png_size(path) == (800, 600)                    # 8 x 6 in at 100 dpi
-    assert os.listdir(path.parent) == ["learning_curve.png"]  # no temp file left
+def test_learning_curve_png_is_a_png_of_the_figure_size():
+    assert _png_size(learning_curve_png(EPOCHS)) == (800, 600)   # 8 x 6 in at 100 dpi
 
 
 def test_learning_curve_plots_the_epochs():
@@ -83,13 +77,13 @@ def test_forecast_figure_with_close_plots_prices():
     assert fig.axes[0].get_ylabel() == "price at t+5"
 
 
-def test_forecast_png_size_and_determinism(tmp_path):
-    a = forecast_vs_actual_png(DATES, Y_TRUE, Y_PRED, [1, 5, 10, 30], tmp_path / "a.png")
-    b = forecast_vs_actual_png(DATES, Y_TRUE, Y_PRED, [1, 5, 10, 30], tmp_path / "b.png")
-    c = forecast_vs_actual_png(DATES, Y_TRUE, -Y_PRED, [1, 5, 10, 30], tmp_path / "c.png")
+def test_forecast_png_size_and_determinism():
+    a = forecast_vs_actual_png(DATES, Y_TRUE, Y_PRED, [1, 5, 10, 30])
+    b = forecast_vs_actual_png(DATES, Y_TRUE, Y_PRED, [1, 5, 10, 30])
+    c = forecast_vs_actual_png(DATES, Y_TRUE, -Y_PRED, [1, 5, 10, 30])
     assert _png_size(a) == (1000, 1050)                     # 10 x (2.5*4 + 0.5) in at 100 dpi
-    assert a.read_bytes() == b.read_bytes()                 # same data, same bytes
-    assert a.read_bytes() != c.read_bytes()                 # the data reaches the pixels
+    assert a == b                                           # same data, same bytes
+    assert a != c                                           # the data reaches the pixels
 
 
 @pytest.mark.parametrize(
@@ -106,25 +100,11 @@ def test_forecast_figure_refuses_mismatched_inputs(dates, y_pred, horizons, clos
         forecast_vs_actual_figure(dates, Y_TRUE, y_pred, horizons, close)
 
 
-def test_png_write_is_atomic(tmp_path, monkeypatch):
-    path = learning_curve_png(EPOCHS, tmp_path / "lc.png")
-    before = path.read_bytes()
-
-    def crash(*args, **kwargs):
-        raise OSError("simulated crash")
-
-    monkeypatch.setattr(atomic_mod.os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
-        learning_curve_png(EPOCHS[:2], path)
-    assert path.read_bytes() == before                      # the old plot stays whole
-    assert os.listdir(tmp_path) == ["lc.png"]               # temp file removed
-
-
-def test_markdown_embeds_exactly_the_file(tmp_path):
-    path = learning_curve_png(EPOCHS, tmp_path / "lc.png")
-    md = png_to_markdown(path, "AAPL [run 1]\nlearning curve")
+def test_markdown_embeds_exactly_the_png():
+    png = learning_curve_png(EPOCHS)
+    md = png_to_markdown(png, "AAPL [run 1]\nlearning curve")
     m = re.fullmatch(r"## (.+)\n\n!\[([^\[\]\n]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)\n", md)
     assert m, md[:200]
     assert m.group(1) == "AAPL [run 1] learning curve"
     assert m.group(2) == "AAPL (run 1) learning curve"
-    assert base64.b64decode(m.group(3), validate=True) == path.read_bytes()
+    assert base64.b64decode(m.group(3), validate=True) == png

@@ -1,29 +1,22 @@
-"""Results store, SQL side: table round trips, upserts, concurrency, closing."""
+"""Results store, SQL side: table round trips, upserts, closing, schema changes.
+
+Tests taking ``store`` or ``store_url`` run on SQLite and on PostgreSQL (conftest.py)."""
 
 import contextlib
 import datetime as dt
 import json
 import sqlite3
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 import torch
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateTable
 
 from tasks.evaluate import EVALUATION_KEYS, QUANTILE_EVALUATION_KEYS, evaluate_forecasts
 from tasks.store import SCHEMA, ResultsStore, to_json
 
 UTC = dt.timezone.utc
-
-
-@pytest.fixture
-def store(tmp_path):
-    with ResultsStore(tmp_path / "results") as s:
-        yield s
 
 
 # ---------------------------------------------------------------- SQL tables
@@ -35,7 +28,7 @@ def test_default_url_is_sqlite_in_results_dir_with_wal(tmp_path):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
         assert set(sa.inspect(s.engine).get_table_names()) == {
-            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions"}
+            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions", "model_files"}
 
 
 def test_any_url_is_used_and_shown_without_password(tmp_path):
@@ -112,12 +105,11 @@ def test_runs_round_trip(store):
 def test_symbol_runs_round_trip_and_upsert(store, tmp_path):
     rid = store.new_run_id()
     store.start_run(rid, {}, ["AAPL", "MSFT"])
-    model_dir = store.results_dir / "models" / "AAPL" / rid
     store.record_symbol(rid, "AAPL", "failed", error="first try: boom", seconds=1.0)
     store.record_symbol(
         rid, "AAPL", "completed", rows=np.int64(2500), windows=870, parameters=123_456,
         epochs=12, best_val_loss=torch.tensor(0.25), no_skill=True, seconds=np.float32(42.5),
-        model_path=model_dir, data_fingerprint="abc123",
+        model_path=f"store:AAPL/{rid}", data_fingerprint="abc123",
         finished_at=dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
     store.record_symbol(rid, "MSFT", "failed", error="MSFT: 212 rows after validation, need >= 400")
@@ -125,17 +117,18 @@ def test_symbol_runs_round_trip_and_upsert(store, tmp_path):
     assert aapl == {
         "run_id": rid, "symbol": "AAPL", "status": "completed", "error": None,
         "rows": 2500, "windows": 870, "parameters": 123_456, "epochs": 12,
-        "best_val_loss": 0.25, "no_skill": True, "seconds": 42.5, "model_path": str(model_dir),
+        "best_val_loss": 0.25, "no_skill": True, "seconds": 42.5, "model_path": f"store:AAPL/{rid}",
         "data_fingerprint": "abc123",
         "started_at": dt.datetime(2025, 1, 2, 3, 3, 22, 500000, tzinfo=UTC),
         "finished_at": dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
     }
     assert msft["status"] == "failed" and msft["error"].startswith("MSFT: 212 rows")
     assert len(store.symbol_runs()) == 2            # the upsert replaced, did not add
-    # the path is stored relative to the results dir, so the store survives a move
     with store.engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT model_path FROM symbol_runs WHERE symbol='AAPL'").scalar()
-    assert stored == f"models/AAPL/{rid}"
+    assert stored == f"store:AAPL/{rid}"
+    # on PostgreSQL the session's zone is New York (conftest): the store still reads UTC
+    assert aapl["finished_at"].tzinfo is UTC and aapl["started_at"].tzinfo is UTC
 
 
 def test_record_symbol_refuses_bad_input(store):
@@ -205,19 +198,17 @@ def test_predictions_round_trip_and_replace(store):
 def test_latest_model_picks_latest_completed(store):
     assert store.latest_model("AAPL") is None
     t0 = dt.datetime(2025, 1, 1, tzinfo=UTC)
-    paths = {}
     for i, (status, has_model) in enumerate([("completed", True), ("completed", True),
                                              ("failed", True), ("completed", False)]):
         rid = f"run{i}"
         store.start_run(rid, {}, ["AAPL"])
-        paths[rid] = store.results_dir / "models" / "AAPL" / rid
         store.record_symbol(rid, "AAPL", status, error="x" if status == "failed" else None,
-                            model_path=paths[rid] if has_model else None,
+                            model_path=f"store:AAPL/{rid}" if has_model else None,
                             finished_at=t0 + dt.timedelta(days=i))
-    store.record_symbol("run0", "MSFT", "completed", model_path="/elsewhere/MSFT/run0")
+    store.record_symbol("run0", "MSFT", "completed", model_path="store:MSFT/run0")
     # run3 has no model, run2 failed: run1 is the latest usable
-    assert store.latest_model("AAPL") == paths["run1"]
-    assert store.latest_model("MSFT") == Path("/elsewhere/MSFT/run0")   # outside: kept absolute
+    assert store.latest_model("AAPL") == "store:AAPL/run1"
+    assert store.latest_model("MSFT") == "store:MSFT/run0"
     assert store.latest_model("GOOG") is None
 
 
@@ -234,7 +225,7 @@ def test_latest_completed_one_query_latest_completed_row_per_symbol(store):
         store.start_run(rid, {}, [])
     for rid, sym, status, day in outcomes:
         store.record_symbol(rid, sym, status, error="boom" if status == "failed" else None,
-                            model_path=store.results_dir / "models" / sym / rid,
+                            model_path=f"store:{sym}/{rid}",
                             finished_at=t0 + dt.timedelta(days=day))
     selects = []
     sa.event.listen(store.engine, "before_cursor_execute",
@@ -242,70 +233,38 @@ def test_latest_completed_one_query_latest_completed_row_per_symbol(store):
     got = store.latest_completed(["AAPL", "MSFT", "GOOG", "NVDA", "TSLA"])
     assert len(selects) == 1
     assert {s: r["run_id"] for s, r in got.items()} == {"AAPL": "r2", "MSFT": "r1", "GOOG": "r2"}
-    # the rows are symbol_runs' rows, model path absolute
+    # the rows are symbol_runs' rows
     every = {(r["run_id"], r["symbol"]): r for r in store.symbol_runs()}
     assert got == {s: every[(r["run_id"], s)] for s, r in got.items()}
-    assert got["AAPL"]["model_path"] == str(store.results_dir / "models" / "AAPL" / "r2")
+    assert got["AAPL"]["model_path"] == "store:AAPL/r2"
     assert store.latest_completed([]) == {}
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["one-store", "store-per-thread"])
-def test_concurrent_writes_from_threads_all_land(tmp_path, shared):
-    symbols = ["AAPL", "MSFT", "GOOG", "NVDA"]
-    # a timeout: a thread that fails before the barrier breaks it instead of hanging the others
-    barrier, errors = threading.Barrier(len(symbols), timeout=60), []
-
-    def work(main, rid, symbol):
-        try:
-            # the shared store stays open for the others: only a store of its own is closed
-            with contextlib.nullcontext(main) if shared else ResultsStore(tmp_path) as s:
-                barrier.wait()
-                for e in range(25):          # one transaction per epoch, like a live logger
-                    s.record_epochs(rid, symbol, [{"epoch": e, "val_loss": e / 10}])
-                    s.symbol_runs(rid)        # interleaved reads
-                s.record_evaluation(rid, symbol, evaluate_forecasts(
-                    np.ones((3, 1)), np.ones((3, 1)), [1], np.zeros((2, 1))))
-                s.record_symbol(rid, symbol, "completed", epochs=25)
-        except Exception as e:  # noqa: BLE001 - collected and asserted below
-            errors.append(e)
-
-    with ResultsStore(tmp_path) as main:
-        rid = main.new_run_id()
-        main.start_run(rid, {}, symbols)
-        threads = [threading.Thread(target=work, args=(main, rid, sym)) for sym in symbols]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert [r["symbol"] for r in main.symbol_runs(rid)] == sorted(symbols)
-        for sym in symbols:
-            assert [r["val_loss"] for r in main.epoch_metrics(rid, sym)] == [e / 10 for e in range(25)]
-            assert main.evaluations(rid, sym)[0]["skill_zero"] == 1.0
-
-
-def test_schema_compiles_for_postgresql():
-    def ddl_rows(name: str) -> set[str]:
-        ddl = str(CreateTable(SCHEMA.tables[name]).compile(dialect=postgresql.dialect()))
-        return {row.strip().rstrip(",").strip() for row in ddl.splitlines()}
-
-    key = {"runs": "run_id", "symbol_runs": "run_id, symbol", "epoch_metrics": "run_id, symbol, epoch",
-           "evaluations": "run_id, symbol, horizon", "predictions": "model_run_id, symbol, as_of, horizon"}
-    stamps = {"runs": {"started_at TIMESTAMP WITH TIME ZONE NOT NULL", "finished_at TIMESTAMP WITH TIME ZONE"},
-              "symbol_runs": {"started_at TIMESTAMP WITH TIME ZONE", "finished_at TIMESTAMP WITH TIME ZONE"},
-              "epoch_metrics": set(), "evaluations": set(),
-              "predictions": {"created_at TIMESTAMP WITH TIME ZONE NOT NULL"}}
-    assert set(SCHEMA.tables) == set(key)
-    for name, columns in key.items():
-        rows = ddl_rows(name)
-        assert f"PRIMARY KEY ({columns})" in rows, name
-        assert {r for r in rows if "TIMESTAMP" in r} == stamps[name], name   # times keep their zone
-    # the per-epoch and per-horizon tables: integer keys, float metrics, tied to runs
-    epochs, evals = ddl_rows("epoch_metrics"), ddl_rows("evaluations")
-    metrics = ("train_loss", "val_loss", "train_mae", "val_mae", "lr", "seconds")
-    assert {"epoch INTEGER NOT NULL", *(f"{c} FLOAT" for c in metrics)} <= epochs
-    assert {"horizon INTEGER NOT NULL", "n INTEGER NOT NULL", *(f"{k} FLOAT" for k in EVALUATION_KEYS[2:])} <= evals
-    assert all("FOREIGN KEY(run_id) REFERENCES runs (run_id)" in r for r in (epochs, evals))
+def test_the_tables_on_a_real_postgresql(postgres_url, tmp_path):
+    """The column types PostgreSQL made: times keep their zone, metrics are
+    double precision, model files bytea; keys and foreign keys as declared."""
+    with ResultsStore(tmp_path, postgres_url) as store:
+        with store.engine.connect() as conn:
+            types = {(t, c): kind for t, c, kind in conn.exec_driver_sql(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema()")}
+        tables = sa.inspect(store.engine)
+        keys = {t: tables.get_pk_constraint(t)["constrained_columns"] for t in SCHEMA.tables}
+        references = {t: {(tuple(f["constrained_columns"]), f["referred_table"]) for f in tables.get_foreign_keys(t)}
+                      for t in SCHEMA.tables}
+    assert {k: v for k, v in types.items() if v.startswith("timestamp")} == {
+        (t, c): "timestamp with time zone" for t, c in [
+            ("runs", "started_at"), ("runs", "finished_at"), ("symbol_runs", "started_at"),
+            ("symbol_runs", "finished_at"), ("predictions", "created_at")]}
+    assert {types[("epoch_metrics", c)] for c in ("train_loss", "val_loss", "lr")} == {"double precision"}
+    assert {types[("evaluations", k)] for k in EVALUATION_KEYS[2:]} == {"double precision"}
+    assert types[("model_files", "content")] == "bytea" and types[("model_files", "size")] == "integer"
+    assert keys == {"runs": ["run_id"], "symbol_runs": ["run_id", "symbol"],
+                    "epoch_metrics": ["run_id", "symbol", "epoch"], "evaluations": ["run_id", "symbol", "horizon"],
+                    "predictions": ["model_run_id", "symbol", "as_of", "horizon"],
+                    "model_files": ["run_id", "symbol", "name"]}
+    for t in ("symbol_runs", "epoch_metrics", "evaluations", "model_files"):
+        assert references[t] == {(("run_id",), "runs")}, t
 
 
 def test_to_json_takes_dates_and_numpy_and_refuses_the_rest():
@@ -320,17 +279,19 @@ def test_to_json_takes_dates_and_numpy_and_refuses_the_rest():
             to_json({"k": bad})
 
 
-def test_a_store_of_an_earlier_version_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+def test_a_store_of_an_earlier_version_gains_the_new_columns_and_keeps_its_rows(tmp_path, store_url):
     """Tables made before a column existed get it added (nullable) when the store opens."""
-    path = tmp_path / "store.db"
-    with sqlite3.connect(path) as db:  # the evaluations table as an old version made it
-        db.execute("create table evaluations (run_id varchar(64) not null, symbol varchar not null, "
-                   "horizon integer not null, n integer not null, mae float, primary key (run_id, symbol, horizon))")
-        db.execute("insert into evaluations values ('old', 'AAPL', 1, 10, 0.5)")
-    with ResultsStore(tmp_path) as store:
+    old = sa.create_engine(store_url or f"sqlite:///{tmp_path / 'store.db'}")
+    with old.begin() as db:  # the evaluations table as an old version made it
+        db.exec_driver_sql("create table evaluations (run_id varchar(64) not null, symbol varchar not null, "
+                           "horizon integer not null, n integer not null, mae float, "
+                           "primary key (run_id, symbol, horizon))")
+        db.exec_driver_sql("insert into evaluations values ('old', 'AAPL', 1, 10, 0.5)")
+    old.dispose()
+    with ResultsStore(tmp_path, store_url) as store:
         columns = {c["name"] for c in sa.inspect(store.engine).get_columns("evaluations")}
         assert columns == {c.name for c in SCHEMA.tables["evaluations"].columns}
         [old] = store.evaluations("old", "AAPL")
         assert (old["n"], old["mae"], old["rmse"]) == (10, 0.5, None)
-    with ResultsStore(tmp_path) as store:  # opening again changes nothing
+    with ResultsStore(tmp_path, store_url) as store:  # opening again changes nothing
         assert len(store.evaluations("old", "AAPL")) == 1

@@ -1,0 +1,100 @@
+"""A real PostgreSQL server for the results store's tests (tests/tasks/store, tests/flows).
+
+``MAMBAFLOW_TEST_POSTGRES_URL`` (a SQLAlchemy URL, e.g.
+``postgresql+psycopg://user:pw@host:5432/db``) points the tests at a server
+of yours; without it, one throwaway server per test session is started with
+``pgserver`` (PostgreSQL binaries from a pip package, in a temporary data
+directory, about 3 s) and stopped at the end. Either way each test gets a
+schema of its own, dropped afterwards, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+# Sessions of the test schemas run in a zone other than UTC, as a server
+# configured for its own city would: the store must return UTC all the same.
+SESSION_TIME_ZONE = "America/New_York"
+
+
+@dataclass(frozen=True)
+class Postgres:
+    url: sa.URL           # the server's database, as given or as pgserver made it
+    pgdata: Path | None   # pgserver's data directory (None for a server of yours)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Iterator[Postgres]:
+    given = os.environ.get("MAMBAFLOW_TEST_POSTGRES_URL")
+    if given:
+        yield Postgres(sa.make_url(given), None)
+        return
+    with warnings.catch_warnings():
+        # pgserver keeps a lock file in the user's runtime directory; without
+        # XDG_RUNTIME_DIR (CI, containers) platformdirs warns and uses /tmp: fine
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pgserver  # the dev extra
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    try:
+        url = sa.make_url(server.get_uri()).set(drivername="postgresql+psycopg")
+        yield Postgres(url, Path(server.pgdata))
+    finally:
+        server.cleanup()
+
+
+def _admin(postgres: Postgres) -> sa.Engine:
+    return sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+
+
+@pytest.fixture
+def postgres_url(postgres) -> Iterator[str]:
+    """The URL of a fresh, empty schema on the test server (its sessions'
+    search_path; TimeZone not UTC), dropped after the test."""
+    schema = f"mambaflow_test_{secrets.token_hex(6)}"
+    admin = _admin(postgres)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = postgres.url.update_query_dict(
+        {"options": f"-c search_path={schema} -c TimeZone={SESSION_TIME_ZONE}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+PASSWORD_ROLE = "mambaflow_pw"
+
+
+@pytest.fixture(scope="session")
+def postgres_wrong_password_url(postgres) -> str:
+    """A URL for the test server whose password the server refuses.
+
+    On pgserver's server (which trusts every local connection) a role with a
+    password is made and pg_hba.conf asks that role for it (scram-sha-256).
+    On a server of yours, the given URL with its password replaced."""
+    if postgres.pgdata is None:
+        wrong = postgres.url.set(password="not-the-password")
+        try:
+            sa.create_engine(wrong, poolclass=sa.NullPool).connect().close()
+        except sa.exc.OperationalError:
+            return wrong.render_as_string(hide_password=False)
+        pytest.skip(f"{wrong!r}: the server of MAMBAFLOW_TEST_POSTGRES_URL accepts any password (trust)")
+    admin = _admin(postgres)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'the-password'")
+        hba = postgres.pgdata / "pg_hba.conf"
+        hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n" + hba.read_text())  # first match wins
+        conn.exec_driver_sql("SELECT pg_reload_conf()")
+    admin.dispose()
+    return postgres.url.set(username=PASSWORD_ROLE, password="not-the-password").render_as_string(hide_password=False)
