@@ -15,10 +15,10 @@ from tasks.store.db import RUN_STATUSES, SYMBOL_STATUSES, ResultsStore, to_json
 from tasks.store.model_files import (
     METADATA_FILE, WEIGHTS_FILE, ModelFileError, load_model, package_versions, save_model,
 )
-from tasks.store.tables import EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
+from tasks.store.tables import BACKTESTS, EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
 
 __all__ = [
-    "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "PREDICTIONS", "RUNS", "RUN_STATUSES", "SCHEMA",
+    "BACKTESTS", "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "PREDICTIONS", "RUNS", "RUN_STATUSES", "SCHEMA",
     "SYMBOL_RUNS", "SYMBOL_STATUSES", "WEIGHTS_FILE", "ModelFileError", "ResultsStore", "load_model",
     "package_versions", "save_model", "to_json",
 ]

@@ -1,4 +1,4 @@
-"""The five tables of the results store (what each holds: ``tasks.store.db``).
+"""The six tables of the results store (what each holds: ``tasks.store.db``).
 
 One definition for every database: SQLite creates these tables, and the
 tests compile them for PostgreSQL. Timestamps are written as UTC; SQLite drops
@@ -11,7 +11,7 @@ from sqlalchemy import Column, Date, DateTime, Float, ForeignKey, Integer, MetaD
 
 from tasks.evaluate import EVALUATION_KEYS
 
-SCHEMA = MetaData()  # the five tables; SCHEMA.create_all makes them
+SCHEMA = MetaData()  # the six tables; SCHEMA.create_all makes them
 _ts = DateTime(timezone=True)  # written as UTC; SQLite keeps it naive, read back as UTC
 
 RUNS = Table(
@@ -66,4 +66,14 @@ PREDICTIONS = Table(
     Column("predicted_price", Float, nullable=False),
     Column("last_close", Float, nullable=False),
     Column("created_at", _ts, nullable=False),
+)
+BACKTESTS = Table(
+    "backtests", SCHEMA,
+    Column("backtest_id", String(64), primary_key=True),
+    Column("symbol", String, primary_key=True),
+    Column("fold", Integer, primary_key=True),
+    Column("horizon", Integer, primary_key=True),
+    *(Column(k, Date, nullable=False) for k in ("train_start", "train_end", "test_start", "test_end")),
+    # n and the metrics: copies of the evaluations columns, so they follow its key list
+    *(Column(c.name, c.type, nullable=c.nullable) for c in EVALUATIONS.columns if not c.primary_key),
 )
