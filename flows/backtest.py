@@ -78,7 +78,10 @@ def backtest_fold(symbol: str, fold: int, frame: pl.DataFrame, config: Config, b
         steps.save_backtest(store, backtest_id, symbol, fold, fold_rows(windows, evaluation))
     if trained is None:
         shutil.rmtree(workdir)  # checkpoints: a fold is not resumed
-    return {"symbol": symbol, "fold": fold, "diffs": loss_differentials(windows.test.y, pred),
+    # Quantile forecasts (n, h, k) are scored by their median: the levels are
+    # model.quantiles once the quantile head lands; point forecasts need none.
+    levels = getattr(config.model, "quantiles", None)
+    return {"symbol": symbol, "fold": fold, "diffs": loss_differentials(windows.test.y, pred, levels),
             "skill": {r["horizon"]: r["skill_zero"] for r in evaluation}, "epochs": model.epochs,
             "seconds": time.perf_counter() - t0, "trained": model if keep_model else None}
 
@@ -216,15 +219,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flows.backtest", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, help="YAML config file (default configs/default.yaml)")
     add_flags(p, *TRAIN_FLAGS)
-    p.add_argument("--folds", type=_positive, default=DEFAULT_FOLDS,
+    p.add_argument("--folds", type=_positive, default=DEFAULT_FOLDS, metavar="K",
                    help=f"test blocks per symbol, consecutive, the last ending at the latest bar (default "
                         f"{DEFAULT_FOLDS}; the error says how many fit)")
     p.add_argument("--refit", choices=REFIT, default="every",
                    help="every: a model per fold, trained on all history before its block (default); "
                         "once: fold 0's model tested on every block (one training per symbol)")
-    p.add_argument("--as-of", type=_date, help="use only bars dated on or before DATE (YYYY-MM-DD); applied "
-                                               "after the fetch, so --days counts back from the last bar fetched")
-    p.add_argument("--test-days", type=_positive,
+    p.add_argument("--as-of", type=_date, metavar="DATE",
+                   help="use only bars dated on or before DATE (YYYY-MM-DD); applied after the fetch, so --days "
+                        "counts back from the last bar fetched, not from DATE")
+    p.add_argument("--test-days", type=_positive, metavar="N",
                    help="window ends (trading days) per test block (default: the test split a normal run gets "
                         "from windows.test_frac on the whole history)")
     return p.parse_args(argv)
