@@ -74,16 +74,16 @@ def backtest_fold(symbol: str, fold: int, frame: pl.DataFrame, config: Config, b
             windows, config, symbol, workdir)
     evaluation, pred = steps.evaluate_model.with_options(task_run_name=f"evaluate-{symbol}-{fold}")(
         model, config, windows, symbol)
+    # Quantile forecasts (n, h, k) are scored by their median: the levels are
+    # model.quantiles once the quantile head lands; point forecasts need none.
+    diffs = loss_differentials(windows.test.y, pred, getattr(config.model, "quantiles", None))
     with ResultsStore(results, config.run.store_url) as store:
         steps.save_backtest(store, backtest_id, symbol, fold, fold_rows(windows, evaluation))
     if trained is None:
         shutil.rmtree(workdir)  # checkpoints: a fold is not resumed
-    # Quantile forecasts (n, h, k) are scored by their median: the levels are
-    # model.quantiles once the quantile head lands; point forecasts need none.
-    levels = getattr(config.model, "quantiles", None)
-    return {"symbol": symbol, "fold": fold, "diffs": loss_differentials(windows.test.y, pred, levels),
-            "skill": {r["horizon"]: r["skill_zero"] for r in evaluation}, "epochs": model.epochs,
-            "seconds": time.perf_counter() - t0, "trained": model if keep_model else None}
+    return {"symbol": symbol, "fold": fold, "diffs": diffs, "epochs": model.epochs,
+            "skill": {r["horizon"]: r["skill_zero"] for r in evaluation}, "seconds": time.perf_counter() - t0,
+            "trained": model if keep_model else None}
 
 
 def _run_folds(items: list[tuple[str, dict[str, Any]]], parallel: int,

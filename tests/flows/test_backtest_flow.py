@@ -161,10 +161,10 @@ def _tiny_yaml(tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_as_of_and_a_failing_symbol_exit_1(tmp_path, capsys):
+def test_cli_as_of_test_days_and_a_failing_symbol_exit_1(tmp_path, capsys):
     as_of = dt.date(2024, 11, 15)
     code = main(["--config", str(_tiny_yaml(tmp_path)), "--symbols", "AAA,../etc", "--folds", "2",
-                 "--refit", "once", "--as-of", str(as_of), "--results", str(tmp_path / "r")])
+                 "--refit", "once", "--as-of", str(as_of), "--test-days", "20", "--results", str(tmp_path / "r")])
     assert code == 1
     out = capsys.readouterr().out
     assert "../ETC: FAILED: data: ValueError: invalid symbol" in out
@@ -177,6 +177,8 @@ def test_cli_as_of_and_a_failing_symbol_exit_1(tmp_path, capsys):
     # the last test window ends 30 bars (the largest horizon) before the last bar on or before --as-of
     assert max(r["test_end"] for r in rows) == kept["date"][-31] < as_of
     assert {r["symbol"] for r in rows} == {"AAA"} and len(rows) == 2 * len(HORIZONS)
+    assert {r["n"] for r in rows} == {20}  # --test-days: 20 windows per block
+    assert min(r["test_start"] for r in rows) == kept["date"][-31 - 39]  # two blocks of 20, back to back
 
 
 def test_folds_that_do_not_fit_exit_2_before_any_training(tmp_path, capsys, monkeypatch):
