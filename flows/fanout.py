@@ -1,9 +1,9 @@
-"""One subflow per symbol, a few at a time: the shape every universe flow shares.
+"""One subflow per item, a few at a time: the shape every universe flow shares.
 
-Each symbol is a task that calls the per-symbol subflow, submitted to
-Prefect's ``ThreadPoolTaskRunner(max_workers=parallel)``; the UI shows every
-subflow under the universe run. A symbol's failure is its result (the
-exception), never the run's: the others go on.
+Each item (a symbol, or a backtest's symbol and fold) is a task that calls
+the subflow, submitted to Prefect's ``ThreadPoolTaskRunner(max_workers=parallel)``;
+the UI shows every subflow under the universe run. An item's failure is its
+result (the exception), never the run's: the others go on.
 """
 
 from __future__ import annotations
@@ -17,9 +17,29 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 
-@task(name="symbol", task_run_name="symbol-{symbol}", cache_policy=NO_CACHE)
-def _run_symbol(subflow: Flow, symbol: str, kwargs: dict[str, Any]) -> Any:
-    return subflow(symbol=symbol, **kwargs)
+@task(name="subflow", task_run_name="{label}", cache_policy=NO_CACHE)
+def _run_item(subflow: Flow, label: str, kwargs: dict[str, Any]) -> Any:
+    return subflow(**kwargs)
+
+
+def for_each(subflow: Flow, items: list[tuple[str, dict[str, Any]]], parallel: int,
+             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """``subflow(**kwargs)`` for every ``(label, kwargs)`` item, ``parallel`` at a time.
+
+    Returns each item's result, or the exception it raised, in ``items``
+    order; ``on_done(index, outcome)`` is called as each one finishes. The
+    label names the item's task in the UI.
+    """
+    outcomes: dict[int, Any] = {}
+    with ThreadPoolTaskRunner(max_workers=parallel) as runner:
+        futures = {runner.submit(_run_item, {"subflow": subflow, "label": label, "kwargs": kwargs}): i
+                   for i, (label, kwargs) in enumerate(items)}
+        for future in as_completed(list(futures)):
+            i = futures[future]
+            outcomes[i] = future.result(raise_on_failure=False)
+            if on_done is not None:
+                on_done(i, outcomes[i])
+    return [outcomes[i] for i in range(len(items))]
 
 
 def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int, kwargs: dict[str, Any],
@@ -29,16 +49,9 @@ def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int, kwargs: di
     Returns {symbol: result, or the exception it raised}, in ``symbols``
     order; ``on_done(symbol, outcome)`` is called as each one finishes.
     """
-    outcomes: dict[str, Any] = {}
-    with ThreadPoolTaskRunner(max_workers=parallel) as runner:
-        futures = {runner.submit(_run_symbol, {"subflow": subflow, "symbol": s, "kwargs": kwargs}): s
-                   for s in symbols}
-        for future in as_completed(list(futures)):
-            symbol = futures[future]
-            outcomes[symbol] = future.result(raise_on_failure=False)
-            if on_done is not None:
-                on_done(symbol, outcomes[symbol])
-    return {s: outcomes[s] for s in symbols}
+    done = None if on_done is None else (lambda i, outcome: on_done(symbols[i], outcome))
+    items = [(f"symbol-{s}", {"symbol": s, **kwargs}) for s in symbols]
+    return dict(zip(symbols, for_each(subflow, items, parallel, done)))
 
 
 def error_text(exc: BaseException) -> str:

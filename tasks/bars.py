@@ -9,6 +9,7 @@ dates, positive prices ...) is ``tasks.validate``'s job, not this module's.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 
@@ -109,3 +110,9 @@ def bars_fingerprint(bars: pl.DataFrame) -> str:
         digest.update(values.tobytes())
         digest.update(col.is_null().to_numpy().astype(np.uint8).tobytes())
     return digest.hexdigest()
+
+
+def bars_as_of(bars: pl.DataFrame, as_of: dt.date | None) -> pl.DataFrame:
+    """The bars dated on or before ``as_of`` (all of them for None): what a run
+    as of that day could have seen (DESIGN.md, As-of)."""
+    return bars if as_of is None else bars.filter(pl.col("date") <= as_of)

@@ -31,10 +31,15 @@ def embargo_rows(w: WindowConfig) -> int:
     return max_horizon(w) + w.seq_len - 1
 
 
-def split_sizes(m: int, w: WindowConfig) -> tuple[int, int, int]:
-    """(train, val, test) window counts out of m window ends left after the two gaps."""
+def split_sizes(m: int, w: WindowConfig, n_test: int | None = None) -> tuple[int, int, int]:
+    """(train, val, test) window counts out of m window ends left after the two gaps.
+
+    ``n_test`` fixes the test size (a walk-forward fold's test block,
+    ``tasks.folds``); validation stays ``val_frac`` of m either way.
+    """
     n_val = max(1, math.floor(w.val_frac * m + 0.5))
-    n_test = max(1, math.floor(w.test_frac * m + 0.5))
+    if n_test is None:
+        n_test = max(1, math.floor(w.test_frac * m + 0.5))
     return m - n_val - n_test, n_val, n_test
 
 

@@ -1,4 +1,4 @@
-"""PNG plots of a training run, stored with the model and shown as Prefect artifacts.
+"""PNG plots of a training run and of a backtest, stored with the model (or the backtest) and shown as Prefect artifacts.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
 directly, not pyplot: no global state, no display, safe in worker threads.
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from tasks.atomic import atomic_write
 
 DPI = 100
 
@@ -149,3 +152,42 @@ def png_to_markdown(png: bytes, title: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     alt = " ".join(title.replace("[", "(").replace("]", ")").split())
     return f"## {' '.join(title.split())}\n\n![{alt}](data:image/png;base64,{data})\n"
+
+
+def backtest_skill_figure(rows: list[dict], horizons: Sequence[int], key: str = "skill_zero") -> Figure:
+    """One panel per horizon: ``key`` of each walk-forward fold, one line per symbol.
+
+    rows: ``backtests`` rows (symbol, fold, horizon, test_start, the key), as
+    ``ResultsStore.backtests`` returns them. A fold's tick shows its test
+    block's first date when every symbol's block starts that day.
+    """
+    if not rows:
+        raise ValueError("no backtest rows to plot")
+    symbols = list(dict.fromkeys(r["symbol"] for r in rows))
+    folds = sorted({int(r["fold"]) for r in rows})
+    starts = {f: {r["test_start"] for r in rows if r["fold"] == f} for f in folds}
+    labels = [f"{f}\n{next(iter(starts[f]))}" if len(starts[f]) == 1 else str(f) for f in folds]
+    fig = Figure(figsize=(8, 2.2 * len(horizons) + 0.8), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(horizons), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, h in zip(axes, horizons):
+        for symbol in symbols:
+            by_fold = {int(r["fold"]): r[key] for r in rows if r["symbol"] == symbol and r["horizon"] == h}
+            y = [np.nan if by_fold.get(f) is None else by_fold[f] for f in folds]
+            ax.plot(folds, y, marker="o", label=symbol)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(f"horizon {h}", fontsize=10)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    axes[-1].set_xticks(folds, labels)
+    axes[-1].set_xlabel("fold (test block; its first as-of date)")
+    fig.suptitle(f"Walk-forward {key} per fold (> 0: a lower MAE than its baseline)")
+    fig.tight_layout()
+    return fig
+
+
+def backtest_skill_png(rows: list[dict], horizons: Sequence[int], path: str | Path, key: str = "skill_zero") -> Path:
+    """The skill-per-fold plot written to ``path`` (write, then rename)."""
+    png = png_bytes(backtest_skill_figure(rows, horizons, key))
+    return atomic_write(path, lambda tmp: tmp.write_bytes(png))

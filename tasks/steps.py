@@ -45,7 +45,8 @@ from tasks.bars import bars_fingerprint
 from tasks.baselines import baselines_on_test
 from tasks.evaluate import evaluate_quantile_forecasts
 from tasks.features import build_features as _build_features
-from tasks.plots import forecast_vs_actual_png, learning_curve_png, png_to_markdown
+from tasks.folds import Fold, fold_windows as _fold_windows
+from tasks.plots import backtest_skill_png, forecast_vs_actual_png, learning_curve_png, png_to_markdown
 from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_quantiles
 from tasks.plan import trainer_threads
 from tasks.sources import SourceError, files_dir, find_file, load_bars, source_code_hash
@@ -273,3 +274,32 @@ def _round_rows(rows: list[dict[str, Any]], digits: int = 5) -> list[dict[str, A
     first = ("horizon", "skill_zero", "skill_drift")
     return [{k: round(r[k], digits) if isinstance(r[k], float) else r[k]
              for k in [*[f for f in first if f in r], *[k for k in r if k not in first]]} for r in rows]
+
+
+# ---------------------------------------------------------------- walk-forward backtest (flows.backtest)
+
+@task(name="fold_windows", task_run_name="windows-{symbol}-{fold.index}", cache_policy=NO_CACHE)
+def fold_windows(frame: pl.DataFrame, cfg: WindowConfig, fold: Fold, symbol: str) -> Windows:
+    return _fold_windows(frame, cfg, fold, symbol)
+
+
+@task(name="save_backtest", task_run_name="save-{symbol}-{fold}", cache_policy=NO_CACHE)
+def save_backtest(store: ResultsStore, backtest_id: str, symbol: str, fold: int, rows: list[dict]) -> None:
+    store.record_backtest(backtest_id, symbol, fold, rows)
+
+
+@task(name="publish_backtest", cache_policy=NO_CACHE)
+def publish_backtest(backtest_id: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
+                     horizons: list[int], path: Path) -> Path:
+    """The skill-per-fold PNG at ``path``; the fold rows, the summary and the plot as artifacts."""
+    png = backtest_skill_png(rows, horizons, path)
+    create_table_artifact(key="backtest-folds", table=_round_rows([{k: str(v) if isinstance(v, dt.date) else v
+                                                                    for k, v in r.items()} for r in rows]),
+                          description=f"backtest {backtest_id}: test metrics per symbol, fold and horizon")
+    create_table_artifact(key="backtest-summary", table=_round_rows(summary),
+                          description=f"backtest {backtest_id}: skill across folds per symbol and horizon, "
+                                      f"pooled Diebold-Mariano p-value vs the random walk")
+    create_markdown_artifact(key="backtest-skill", markdown=png_to_markdown(png, f"backtest {backtest_id}: skill "
+                                                                                  f"per fold"),
+                             description=f"backtest {backtest_id}: skill vs the random walk per fold and horizon")
+    return png

@@ -13,7 +13,9 @@ validation window's inputs or targets; the same holds between validation and
 test. ``val_frac`` and ``test_frac`` are shares of the windows left after the
 two gaps (each split gets at least one); ``stride`` keeps every stride-th end
 of each split, counted back from its last one, so the most recent window of
-each split is always kept.
+each split is always kept. A walk-forward fold (``tasks.folds``) is the same
+layout over the ends up to its test block, with the test size fixed; both
+build their windows with ``windows_at``.
 
 The scaler (per-feature mean and std, ddof 0) is fitted on the rows that the
 training windows' inputs cover, and nothing else; validation, test and the
@@ -90,16 +92,35 @@ class Windows:
     seq_len: int
 
 
+def end_rows(n_rows: int, w: WindowConfig) -> tuple[int, int]:
+    """First and last row that can end a window with every target: (l - 1, N - 1 - H)."""
+    return w.seq_len - 1, n_rows - 1 - max_horizon(w)
+
+
+def split_bounds(first: int, last: int, w: WindowConfig, n_test: int | None = None) -> list[tuple[int, int]]:
+    """(first, last) window-end rows of train, val and test, laid out over the
+    ends first..last as train | gap | val | gap | test, test ending at ``last``.
+
+    Sizes are ``tasks.plan.split_sizes`` of the ends left after the two gaps;
+    ``n_test`` fixes the test size (a walk-forward fold, ``tasks.folds``).
+    """
+    gap = embargo_rows(w)
+    out = []
+    for size in split_sizes(last - first + 1 - 2 * gap, w, n_test):
+        out.append((first, first + size - 1))
+        first += size + gap
+    return out
+
+
+def strided_ends(bounds: tuple[int, int], stride: int) -> np.ndarray:
+    """Every stride-th end row of (first, last), counted back from last, ascending."""
+    first, last = bounds
+    return np.arange(last, first - 1, -stride)[::-1]
+
+
 def _split_ends(n_rows: int, w: WindowConfig) -> list[np.ndarray]:
     """Window end rows of train, val and test."""
-    gap = embargo_rows(w)
-    m = n_rows - w.seq_len - max_horizon(w) + 1 - 2 * gap
-    out, first = [], w.seq_len - 1
-    for size in split_sizes(m, w):
-        last = first + size - 1
-        out.append(np.arange(last, first - 1, -w.stride)[::-1])
-        first = last + gap + 1
-    return out
+    return [strided_ends(b, w.stride) for b in split_bounds(*end_rows(n_rows, w), w)]
 
 
 def _feature_matrix(frame: pl.DataFrame, names: Sequence[str]) -> np.ndarray:
@@ -135,6 +156,24 @@ def make_windows(frame: pl.DataFrame, cfg: WindowConfig | None = None, *, symbol
             f"embargo of {embargo_rows(w)} window ends between splits); use a longer history or a smaller "
             f"seq_len or largest horizon"
         )
+    return windows_at(frame, w, _split_ends(frame.height, w), symbol=symbol)
+
+
+def windows_at(frame: pl.DataFrame, w: WindowConfig, ends: Sequence[np.ndarray], *,
+               symbol: str | None = None) -> Windows:
+    """The windows of ``frame`` whose last bars are the rows ``ends`` (train, val, test).
+
+    A normal run's ends come from ``_split_ends``, a walk-forward fold's from
+    ``tasks.folds``: both build their windows here, the scaler fitted on the
+    rows the training windows' inputs cover and nothing else.
+    """
+    seq_len, hs = w.seq_len, tuple(w.horizons)
+    who = f"{symbol}: " if symbol else ""
+    lo, hi = end_rows(frame.height, w)
+    for part, e in zip(("train", "val", "test"), ends):
+        if len(e) == 0 or e[0] < lo or e[-1] > hi:  # ascending: first and last bound them
+            raise ValueError(f"{who}{part} window ends {e[:1].tolist()}..{e[-1:].tolist()} must be non-empty "
+                             f"and within rows {lo}..{hi} (ends with every target) of {frame.height} feature rows")
     for col in ("date", "close"):
         if col not in frame.columns:
             raise ValueError(f"{who}feature frame lacks {col!r}; build it with build_features")
@@ -151,7 +190,6 @@ def make_windows(frame: pl.DataFrame, cfg: WindowConfig | None = None, *, symbol
     if frame["date"].dtype != pl.Date or np.any(dates[1:] <= dates[:-1]):
         raise ValueError(f"{who}feature frame dates must be pl.Date and strictly increasing")
 
-    ends = _split_ends(frame.height, w)
     covered = np.zeros(frame.height, dtype=bool)
     for t in ends[0]:
         covered[t - seq_len + 1: t + 1] = True

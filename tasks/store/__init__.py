@@ -20,11 +20,11 @@ from tasks.store.model_files import (
     package_versions, save_model, save_trained_model,
 )
 from tasks.store.tables import (
-    EPOCH_METRICS, EVALUATIONS, MODEL_FILES, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS,
+    BACKTESTS, EPOCH_METRICS, EVALUATIONS, MODEL_FILES, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS,
 )
 
 __all__ = [
-    "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "MODEL_FILES", "PREDICTIONS", "RUNS", "RUN_STATUSES",
+    "BACKTESTS", "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "MODEL_FILES", "PREDICTIONS", "RUNS", "RUN_STATUSES",
     "SCHEMA", "SYMBOL_RUNS", "SYMBOL_STATUSES", "WEIGHTS_FILE", "ModelFileError", "ResultsStore",
     "StoreConnectionError", "check_store", "export_model", "load_model", "model_key", "read_model_files",
     "package_versions", "save_model", "save_trained_model", "to_json",

@@ -12,6 +12,7 @@ defined in ``tasks.store.tables``:
     evaluations    one row per (run, symbol, horizon): tasks.evaluate's keys
     predictions    one row per (model run, symbol, as-of date, horizon)
     model_files    one row per file of a trained model (``tasks.store.model_files``)
+    backtests      one row per (backtest, symbol, fold, horizon): dates, evaluations' metrics
 
 Every write method runs in one transaction and replaces the rows it names
 (re-recording an epoch, a horizon or a symbol outcome overwrites it: an
@@ -44,7 +45,7 @@ from sqlalchemy import Connection, Table, func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.store.engine import open_engine
-from tasks.store.tables import EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
+from tasks.store.tables import BACKTESTS, EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
 
 RUN_STATUSES = ("running", "completed", "partial", "failed")
 SYMBOL_STATUSES = ("completed", "failed")
@@ -306,7 +307,21 @@ class ResultsStore:
         with self._write() as conn:
             _upsert(conn, PREDICTIONS, rows)
 
+    def record_backtest(self, backtest_id: str, symbol: str, fold: int, rows: list[dict]) -> None:
+        """One fold's rows (``tasks.backtest.fold_rows``); recording a fold again replaces them."""
+        t = BACKTESTS
+        rows = _rows_for(t, rows, {"backtest_id": check_run_id(backtest_id), "symbol": symbol, "fold": fold},
+                         ("horizon", "n", "train_start", "train_end", "test_start", "test_end"))
+        with self._write() as conn:
+            conn.execute(delete(t).where(t.c.backtest_id == backtest_id, t.c.symbol == symbol, t.c.fold == fold))
+            if rows:
+                conn.execute(t.insert(), rows)
+
     # ------------------------------------------------------------ reads
+
+    def backtests(self, backtest_id: str) -> list[dict]:
+        t = BACKTESTS
+        return self._read(select(t).where(t.c.backtest_id == backtest_id).order_by(t.c.symbol, t.c.fold, t.c.horizon))
 
     def symbol_runs(self, run_id: str | None = None) -> list[dict]:
         q = select(SYMBOL_RUNS).order_by(SYMBOL_RUNS.c.run_id, SYMBOL_RUNS.c.symbol)

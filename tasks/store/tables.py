@@ -87,3 +87,13 @@ MODEL_FILES = Table(
     Column("sha256", String(64), nullable=False),    # hex digest of content, checked on every read
     Column("size", Integer, nullable=False),         # bytes; models are well under 1 MB
 )
+BACKTESTS = Table(
+    "backtests", SCHEMA,
+    Column("backtest_id", String(64), primary_key=True),
+    Column("symbol", String, primary_key=True),
+    Column("fold", Integer, primary_key=True),
+    Column("horizon", Integer, primary_key=True),
+    *(Column(k, Date, nullable=False) for k in ("train_start", "train_end", "test_start", "test_end")),
+    # n and the metrics: copies of the evaluations columns, so they follow its key list
+    *(Column(c.name, c.type, nullable=c.nullable) for c in EVALUATIONS.columns if not c.primary_key),
+)

@@ -28,7 +28,7 @@ def test_default_url_is_sqlite_in_results_dir_with_wal(tmp_path):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
         assert set(sa.inspect(s.engine).get_table_names()) == {
-            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions", "model_files"}
+            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions", "model_files", "backtests"}
 
 
 def test_any_url_is_used_and_shown_without_password(tmp_path):
@@ -180,6 +180,30 @@ def test_evaluations_round_trip(store):
     assert got == [{"run_id": rid, "symbol": "AAPL", **blank, **r} for r in rows]
 
 
+def test_backtests_round_trip_and_a_fold_replaced(store):
+    rng = np.random.default_rng(2)
+    days = {"train_start": dt.date(2001, 1, 2), "train_end": dt.date(2004, 5, 6),
+            "test_start": dt.date(2005, 1, 3), "test_end": dt.date(2006, 1, 3)}
+
+    def fold(k: int) -> list[dict]:
+        ev = evaluate_forecasts(rng.normal(size=(9, 2)), rng.normal(size=(9, 2)), [1, 5], rng.normal(size=(30, 2)))
+        return [days | {"test_start": days["test_start"] + dt.timedelta(days=k)} | r for r in ev]
+
+    rows = {k: fold(k) for k in (1, 0)}
+    for k, r in rows.items():
+        store.record_backtest("bt1", "AAPL", k, r)
+    store.record_backtest("bt2", "AAPL", 0, fold(0))          # another backtest stays apart
+    store.record_backtest("bt1", "AAPL", 1, rows[1][:1])      # a fold recorded again is replaced whole
+    got = store.backtests("bt1")
+    assert [(r["fold"], r["horizon"]) for r in got] == [(0, 1), (0, 5), (1, 1)]
+    assert got[0] == {"backtest_id": "bt1", "symbol": "AAPL", "fold": 0, **rows[0][0]}
+    assert got[2]["test_start"] == dt.date(2005, 1, 4)
+    with pytest.raises(ValueError, match=r"missing \['test_end'\]"):
+        store.record_backtest("bt1", "AAPL", 2, [{k: v for k, v in rows[0][0].items() if k != "test_end"}])
+    with pytest.raises(ValueError, match="bad run id"):
+        store.record_backtest("../x", "AAPL", 0, rows[0])
+
+
 def test_predictions_round_trip_and_replace(store):
     rows = [{"model_run_id": "r1", "symbol": "AAPL", "as_of": dt.date(2025, 1, 3), "horizon": h,
              "target_date": dt.date(2025, 1, 3) + dt.timedelta(days=h), "predicted_return": 0.01 * h,
@@ -262,7 +286,8 @@ def test_the_tables_on_a_real_postgresql(postgres_url, tmp_path):
     assert keys == {"runs": ["run_id"], "symbol_runs": ["run_id", "symbol"],
                     "epoch_metrics": ["run_id", "symbol", "epoch"], "evaluations": ["run_id", "symbol", "horizon"],
                     "predictions": ["model_run_id", "symbol", "as_of", "horizon"],
-                    "model_files": ["run_id", "symbol", "name"]}
+                    "model_files": ["run_id", "symbol", "name"],
+                    "backtests": ["backtest_id", "symbol", "fold", "horizon"]}
     for t in ("symbol_runs", "epoch_metrics", "evaluations", "model_files"):
         assert references[t] == {(("run_id",), "runs")}, t
 
