@@ -38,7 +38,8 @@ from flows.train import TRAIN_FLAGS
 from tasks import steps
 from tasks.backtest import fold_rows, loss_differentials, summarize
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
-from tasks.folds import DEFAULT_FOLDS, REFIT, FoldsDoNotFit, fold_plan, misfit, refit_once
+from tasks.folds import (DEFAULT_FOLDS, REFIT, FoldsDoNotFit, default_test_days, fold_plan, max_folds, misfit,
+                         refit_once)
 from tasks.plan import min_train_bars
 from tasks.store import ResultsStore
 from tasks.train import TrainResult
@@ -113,25 +114,29 @@ def _outcome(symbol: str, folds: int, results: dict[int, Any]) -> dict[str, Any]
 
 
 @flow(name="backtest-universe")
-def backtest_universe(config: Config = Config(), folds: int = DEFAULT_FOLDS,
+def backtest_universe(config: Config = Config(), folds: int | None = None,
                       refit: Literal["every", "once"] = "every", as_of: dt.date | None = None,
                       test_days: int | None = None) -> dict[str, Any]:
     """Walk-forward backtest of every symbol of ``config.run.symbols``.
 
     Args:
         config: the training config, as for train-universe.
-        folds: test blocks (and models, with refit "every") per symbol.
+        folds: test blocks (and models, with refit "every") per symbol; empty: 8, or as many as every
+            symbol's history holds if fewer (test blocks of test_frac of the history hold about 6).
         refit: "every" trains a model per fold; "once" trains fold 0's and tests it on every block.
         as_of: use only bars dated on or before this day (filtered after the fetch).
         test_days: window ends per test block; empty: the test split of a normal run on the whole history.
     """
     log = get_run_logger()
-    if folds < 1 or (test_days is not None and test_days < 1):
+    if (folds is not None and folds < 1) or (test_days is not None and test_days < 1):
         raise ValueError(f"folds {folds} and test_days {test_days} must be >= 1")
     symbols = check_run(config)
     w = config.windows
     data = for_each_symbol(backtest_data, symbols, config.run.parallel, {"config": config, "as_of": as_of})
     frames = {s: f for s, f in data.items() if not isinstance(f, BaseException)}
+    if folds is None:  # the default: DEFAULT_FOLDS where they fit, else as many as fit everywhere
+        fit = [max_folds(f.height, w, test_days or default_test_days(f.height, w)) for f in frames.values()]
+        folds = max(1, min([DEFAULT_FOLDS, *fit]))
     misfits = [m for s, f in frames.items() if (m := misfit(f.height, w, folds, test_days, s))]
     if misfits:  # before any training: the flag, not the data, is wrong
         raise FoldsDoNotFit("; ".join(misfits))
@@ -170,7 +175,7 @@ def backtest_universe(config: Config = Config(), folds: int = DEFAULT_FOLDS,
     work = root / "work" / f"backtest-{backtest_id}"
     if work.is_dir() and not any(work.iterdir()):
         work.rmdir()  # a failed fold's checkpoints stay, for a look
-    return {"backtest_id": backtest_id, "outcomes": [outcomes[s] for s in symbols], "rows": rows,
+    return {"backtest_id": backtest_id, "folds": folds, "outcomes": [outcomes[s] for s in symbols], "rows": rows,
             "summary": summary, "plot": None if plot is None else str(plot)}
 
 
@@ -218,9 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flows.backtest", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, help="YAML config file (default configs/default.yaml)")
     add_flags(p, *TRAIN_FLAGS)
-    p.add_argument("--folds", type=_positive, default=DEFAULT_FOLDS, metavar="K",
+    p.add_argument("--folds", type=_positive, default=None, metavar="K",
                    help=f"test blocks per symbol, consecutive, the last ending at the latest bar (default "
-                        f"{DEFAULT_FOLDS}; the error says how many fit)")
+                        f"{DEFAULT_FOLDS}, or as many as every symbol's history holds if fewer; a K that does "
+                        f"not fit exits 2 saying how many do)")
     p.add_argument("--refit", choices=REFIT, default="every",
                    help="every: a model per fold, trained on all history before its block (default); "
                         "once: fold 0's model tested on every block (one training per symbol)")
@@ -256,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [o for o in out["outcomes"] if o["status"] != "completed"]
     for o in failed:
         print(f"{o['symbol']}: FAILED: {o['error']}")
-    print(f"{len(out['outcomes']) - len(failed)} of {len(out['outcomes'])} symbols backtested over {args.folds} "
+    print(f"{len(out['outcomes']) - len(failed)} of {len(out['outcomes'])} symbols backtested over {out['folds']} "
           f"folds (refit {args.refit}) in {time.perf_counter() - t0:.0f} s; backtest {out['backtest_id']} in "
           f"{Path(config.run.results_dir).resolve()}" + (f"; plot {out['plot']}" if out["plot"] else ""))
     return 1 if failed else 0

@@ -22,7 +22,7 @@ target are l - 1 .. N - 1 - H, as in ``tasks.windows``):
   default T, the last fold is exactly a normal run's split.
 - ``stride`` then keeps every stride-th end of each part, as in a normal run.
 
-Worked example, AAPL in the sample data with the default config (l 60,
+Worked example, AAPL in the sample data with windows of l = 60 (
 H 30, g 89, test_frac 0.15): 3270 bars, 3211 feature rows, window ends 59 ..
 3180; a normal run has 2944 ends after two gaps, so T = 442. With K = 4,
 fold 3 tests on ends 2739..3180 (as-of dates 2011-04-14 .. 2013-01-16): a

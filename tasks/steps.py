@@ -299,7 +299,7 @@ def publish_backtest(backtest_id: str, summary: list[dict[str, Any]], rows: list
     create_table_artifact(key="backtest-summary", table=_round_rows(summary),
                           description=f"backtest {backtest_id}: skill across folds per symbol and horizon, "
                                       f"pooled Diebold-Mariano p-value vs the random walk")
-    create_markdown_artifact(key="backtest-skill", markdown=png_to_markdown(png, f"backtest {backtest_id}: skill "
-                                                                                  f"per fold"),
+    create_markdown_artifact(key="backtest-skill", markdown=png_to_markdown(png.read_bytes(), f"backtest "
+                                                                                  f"{backtest_id}: skill per fold"),
                              description=f"backtest {backtest_id}: skill vs the random walk per fold and horizon")
     return png

@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, Table, func, inspect, select, update
+from sqlalchemy import Connection, Table, delete, func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.store.engine import open_engine
@@ -312,10 +312,9 @@ class ResultsStore:
         t = BACKTESTS
         rows = _rows_for(t, rows, {"backtest_id": check_run_id(backtest_id), "symbol": symbol, "fold": fold},
                          ("horizon", "n", "train_start", "train_end", "test_start", "test_end"))
-        with self._write() as conn:
+        with self._write() as conn:  # one writer per fold: the delete drops horizons a retry no longer has
             conn.execute(delete(t).where(t.c.backtest_id == backtest_id, t.c.symbol == symbol, t.c.fold == fold))
-            if rows:
-                conn.execute(t.insert(), rows)
+            _upsert(conn, t, rows)
 
     # ------------------------------------------------------------ reads
 

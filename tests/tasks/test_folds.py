@@ -74,7 +74,7 @@ def test_last_fold_with_default_test_size_is_a_normal_run():
 def test_worked_example_on_aapl_sample(sample_bars):
     """The numbers of ``tasks.folds``' docstring."""
     frame = build_features(sample_bars("AAPL"))
-    w = WindowConfig()
+    w = WindowConfig(seq_len=60)
     assert frame.height == 3211 and default_test_days(frame.height, w) == 442
     plan = fold_plan(frame.height, w, 4)
     assert [f.test for f in plan] == [(1413, 1854), (1855, 2296), (2297, 2738), (2739, 3180)]
@@ -135,7 +135,7 @@ def test_refit_once_keeps_fold_0s_training_and_scaler():
 
 
 def test_too_many_folds_says_how_many_fit():
-    w = WindowConfig()
+    w = WindowConfig(seq_len=60)
     n = 2441  # a normal run: 2441 - 60 - 30 + 1 - 2 * 89 = 2174 ends, T = round(0.15 * 2174) = 326
     assert default_test_days(n, w) == 326
     most = max_folds(n, w, 326)

@@ -196,7 +196,8 @@ def test_backtests_round_trip_and_a_fold_replaced(store):
     store.record_backtest("bt1", "AAPL", 1, rows[1][:1])      # a fold recorded again is replaced whole
     got = store.backtests("bt1")
     assert [(r["fold"], r["horizon"]) for r in got] == [(0, 1), (0, 5), (1, 1)]
-    assert got[0] == {"backtest_id": "bt1", "symbol": "AAPL", "fold": 0, **rows[0][0]}
+    blank = {k: None for k in QUANTILE_EVALUATION_KEYS}  # metrics the rows do not fill
+    assert got[0] == {"backtest_id": "bt1", "symbol": "AAPL", "fold": 0, **blank, **rows[0][0]}
     assert got[2]["test_start"] == dt.date(2005, 1, 4)
     with pytest.raises(ValueError, match=r"missing \['test_end'\]"):
         store.record_backtest("bt1", "AAPL", 2, [{k: v for k, v in rows[0][0].items() if k != "test_end"}])
