@@ -67,6 +67,10 @@ def test_two_seeded_runs_are_bitwise_identical():
     b, *_ = fit(epochs=2, seed=3)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
+    # identical because seeded, not because training left them untouched
+    L.seed_everything(3, workers=True)
+    init = LitMambaForecaster(**SMALL).state_dict()
+    assert [k for k, p in a.state_dict().items() if torch.equal(p, init[k])] == []
 
 
 def test_optimizer_and_plateau_schedule():
