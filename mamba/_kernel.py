@@ -46,7 +46,11 @@ def _torch_uses_gomp() -> bool:
 
 
 def _flag_sets() -> list[list[str]]:
-    native = ["-O3", "-march=native", "-fno-math-errno"]
+    # -falign-functions=64: otherwise where a function's hot loops fall
+    # against 32/64-byte boundaries depends on the size of every function
+    # before it, so an edit to one kernel moved another's speed: the fused
+    # backward at (8, 512, 128, 16) measured 11% apart from placement alone.
+    native = ["-O3", "-march=native", "-fno-math-errno", "-falign-functions=64"]
     sets = [native + ["-fopenmp"]] if _torch_uses_gomp() else []
     sets.append(native + ["-fopenmp-simd", "-pthread"])
     sets.append(["-O3", "-fno-math-errno", "-pthread"])  # compilers without -march=native

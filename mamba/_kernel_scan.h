@@ -145,28 +145,6 @@ static size_t SFX(bwd_scratch)(int64_t L, int64_t N, int64_t ecb) {
     return sizeof(real) * (size_t)((2 * L + 2) * N * ecb);
 }
 
-/* gy = dL/dy for one channel block, and dz when z needs a gradient:
- * out = y SiLU(z): dy = dout SiLU(z), dz = dout y SiLU'(z) */
-static inline void SFX(ungate)(const SFX(args) *a, int64_t row, int64_t ec, real *restrict gyv) {
-    const real *restrict got = a->gout + row;
-    if (a->z && a->gz) {
-        const real *restrict zt = a->z + row, *restrict yp = a->y_pre + row;
-        real *restrict gzt = a->gz + row;
-#pragma omp simd
-        for (int64_t e = 0; e < ec; e++) {
-            const real sg = SFX(sigmoid)(zt[e]);
-            gyv[e] = got[e] * zt[e] * sg;
-            gzt[e] = got[e] * yp[e] * sg * (1 + zt[e] * (1 - sg));
-        }
-    } else if (a->z) { /* z needs no gradient */
-        const real *restrict zt = a->z + row;
-#pragma omp simd
-        for (int64_t e = 0; e < ec; e++) gyv[e] = got[e] * zt[e] * SFX(sigmoid)(zt[e]);
-    } else {
-        memcpy(gyv, got, sizeof(real) * (size_t)ec);
-    }
-}
-
 static void SFX(bwd_row)(void *p, int64_t b, void *scratch) {
     SFX(args) *a = (SFX(args) *)p;
     const int64_t L = a->L, E = a->E, N = a->N, ecb = a->ecb;
@@ -194,11 +172,26 @@ static void SFX(bwd_row)(void *p, int64_t b, void *scratch) {
         }
         for (int64_t t = L - 1; t >= 0; t--) {
             const int64_t row = (b * L + t) * E + e0;
-            const real *restrict ut = a->u + row;
+            const real *restrict ut = a->u + row, *restrict got = a->gout + row;
             const real *restrict Bt = a->B + (b * L + t) * N, *restrict Ct = a->C + (b * L + t) * N;
             real *restrict gBt = a->gB + (b * L + t) * N, *restrict gCt = a->gC + (b * L + t) * N;
             SFX(load_dt)(a, row, e0, ec, dtv);
-            SFX(ungate)(a, row, ec, gyv);
+            if (a->z && a->gz) { /* out = y SiLU(z): dy = dout SiLU(z), dz = dout y SiLU'(z) */
+                const real *restrict zt = a->z + row, *restrict yp = a->y_pre + row;
+                real *restrict gzt = a->gz + row;
+#pragma omp simd
+                for (int64_t e = 0; e < ec; e++) {
+                    const real sg = SFX(sigmoid)(zt[e]);
+                    gyv[e] = got[e] * zt[e] * sg;
+                    gzt[e] = got[e] * yp[e] * sg * (1 + zt[e] * (1 - sg));
+                }
+            } else if (a->z) { /* z needs no gradient */
+                const real *restrict zt = a->z + row;
+#pragma omp simd
+                for (int64_t e = 0; e < ec; e++) gyv[e] = got[e] * zt[e] * SFX(sigmoid)(zt[e]);
+            } else {
+                memcpy(gyv, got, sizeof(real) * (size_t)ec);
+            }
 #pragma omp simd
             for (int64_t e = 0; e < ec; e++) {
                 du[e] = dtv[e] * ut[e];
