@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from mamba import _kernel
-from mamba.model import MambaForecaster
-from mamba.scan import selective_scan, selective_scan_ref
+# this checkout's mamba/, not whichever one the editable install points at
+# (run from a git worktree, the script would otherwise time main's kernel)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mamba import _kernel  # noqa: E402
+from mamba.model import MambaForecaster  # noqa: E402
+from mamba.scan import selective_scan, selective_scan_ref  # noqa: E402
 
 try:
     from mambapy.mamba import Mamba, MambaConfig, RMSNorm

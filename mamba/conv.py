@@ -7,7 +7,7 @@ Glossary: b batch, l sequence length, e channels, k kernel width (d_conv).
 i.e. `nn.Conv1d(e, e, k, groups=e, padding=k-1)` trimmed to the first l
 outputs, so step t sees only steps ≤ t (mamba_simple). `causal_conv1d_ref`
 is that conv; `causal_conv1d` fuses conv, bias and SiLU in the C kernel
-(`_scan_kernel.c`) on (b, l, e) tensors, which saves the two transposes and
+(`_kernel_conv.h`) on (b, l, e) tensors, which saves the two transposes and
 the separate SiLU pass, and falls back to the reference elsewhere.
 """
 

@@ -15,10 +15,11 @@ Three implementations, one signature, one result:
 
 - `selective_scan_ref`: the readable loop over time; the reference the tests
   pin the others to.
-- the C kernel (`_scan_kernel.c`, built by `_kernel.py`): the bias, softplus,
-  exp, state update, output and gate fused in one pass; a hand-written
-  reverse-time backward that recomputes the states block by block instead of
-  saving any (b, l, e, n) tensor. Used for float32/float64 CPU tensors.
+- the C kernel (`_kernel_scan.h`, compiled as part of `_scan_kernel.c` by
+  `_kernel.py`): the bias, softplus, exp, state update, output and gate fused
+  in one pass; a hand-written reverse-time backward that recomputes the
+  states block by block instead of saving any (b, l, e, n) tensor. Used for
+  float32/float64 CPU tensors.
 - `_ScanTorch`: the same forward/backward in PyTorch ops, time-major, one
   `addcmul` per step: the fallback for other devices or without a C compiler.
 
@@ -126,7 +127,7 @@ def _scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last
 
 
 class _ScanKernel(torch.autograd.Function):
-    """The fused C kernel; see `_scan_kernel.c` for the backward equations."""
+    """The fused C kernel; see `_kernel_scan.h` for the backward equations."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, keep_y):

@@ -1,4 +1,5 @@
-"""MambaForecaster: recurrent mode, causality, init, and agreement with mambapy."""
+"""MambaForecaster: against a reference built from plain ops, recurrent mode,
+causality, init, and agreement with mambapy."""
 
 import math
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from mamba import _kernel
 from mamba.conv import causal_conv1d, causal_conv1d_ref
 from mamba.model import MambaBlock, MambaForecaster, ResidualBlock, RMSNorm
+from mamba.scan import selective_scan_ref
 from tests.mamba.conftest import need
 
 
@@ -26,6 +28,55 @@ def randomise_(model, seed=1):
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return model
+
+
+def rms_norm_ref(x, norm):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight  # (..., d)
+
+
+def mamba_block_ref(block, u):
+    """The mamba_simple mixer from its weights and plain ops, none of the
+    fusions: nn.Conv1d with padding k-1 trimmed to l, softplus and the SiLU(z)
+    gate outside selective_scan_ref (the model does both inside the scan)."""
+    l, e, n, r = u.shape[1], block.d_inner, block.d_state, block.dt_rank
+    xz = u @ block.in_proj.weight.T  # (b, l, 2e)
+    x, z = xz[..., :e], xz[..., e:]  # (b, l, e) each
+    xc = F.silu(block.conv1d(x.transpose(1, 2))[..., :l].transpose(1, 2))  # (b, l, e)
+    x_dbl = xc @ block.x_proj.weight.T  # (b, l, r + 2n)
+    dt, B, C = x_dbl[..., :r], x_dbl[..., r:r + n], x_dbl[..., r + n:]  # (b, l, r), (b, l, n), (b, l, n)
+    delta = F.softplus(dt @ block.dt_proj.weight.T + block.dt_proj.bias)  # (b, l, e)
+    y = selective_scan_ref(xc, delta, -torch.exp(block.A_log), B, C, block.D) * F.silu(z)  # (b, l, e)
+    return y @ block.out_proj.weight.T  # (b, l, d)
+
+
+def forecaster_ref(model, x):
+    u = x @ model.embed.weight.T + model.embed.bias  # (b, l, d)
+    for layer in model.layers:
+        u = u + mamba_block_ref(layer.mixer, rms_norm_ref(u, layer.norm))  # (b, l, d)
+    # the quantile head (its own tests pin its arithmetic) on the last step, in log returns
+    return model.head(rms_norm_ref(u[:, -1], model.norm_f), x[:, -1]) * model.output_scale[:, None]  # (b, h, q)
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("dtype,rel", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_forward_and_gradients_match_a_reference_from_plain_ops(backend, dtype, rel, monkeypatch):
+    """The whole model, through the fused conv and scan (kernel or fallback),
+    against forecaster_ref: the forecasts, and the gradients of every
+    parameter and of the input."""
+    need(backend)
+    monkeypatch.setenv("MAMBAFLOW_SCAN", backend)
+    model = randomise_(small_model(dtype))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 23, 5, generator=g, dtype=dtype, requires_grad=True)
+    gy = torch.randn(3, 3, 5, generator=g, dtype=dtype)
+    params = [x, *model.parameters()]
+    got, want = model(x), forecaster_ref(model, x)
+    assert got.shape == want.shape == (3, 3, 5)  # (b, h, q)
+    assert (got - want).abs().max() <= rel * want.abs().max()
+    for (name, _), a, b in zip([("x", x), *model.named_parameters()],
+                               torch.autograd.grad(got, params, gy), torch.autograd.grad(want, params, gy)):
+        assert (a - b).abs().max() <= rel * b.abs().max(), name
+        assert b.abs().max() > 0, f"{name}: a zero gradient would make this check vacuous"
 
 
 @pytest.mark.parametrize("l", [1, 3, 4, 23])  # shorter than, equal to and longer than d_conv
@@ -143,9 +194,13 @@ def test_residual_block_matches_mambapy():
 
 
 def test_horizons_kept_and_input_checked():
+    torch.manual_seed(0)
     model = MambaForecaster(5, [1, 5, 10, 30])
     assert model.horizons == (1, 5, 10, 30)
-    assert model(torch.zeros(2, 7, 5)).shape == (2, 4, 5)  # (b, h, q)
+    x = torch.randn(2, 7, 5)
+    # quantiles per horizon, read from the last step: against the model rebuilt from plain ops
+    torch.testing.assert_close(model(x), forecaster_ref(model, x), rtol=1e-4, atol=1e-5)
+    assert model(x).shape == (2, 4, 5)  # (b, h, q)
     with pytest.raises(ValueError, match=r"f=5, got \(2, 7, 4\)"):
         model(torch.zeros(2, 7, 4))
     with pytest.raises(ValueError, match="horizons is empty"):
