@@ -304,3 +304,13 @@ def test_unknown_source_or_calendar_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["--config", str(cfg), "--results", str(tmp_path)]) == 2
     assert "data.calendar 'XNYZ'" in capsys.readouterr().err
     assert not (tmp_path / "store.db").exists()
+
+
+@pytest.mark.parametrize("quantiles", ["[0.05, 0.5, 1.2]", "[0.95, 0.5, 0.05]", "[0.1, 0.9]"])
+def test_bad_quantiles_exit_2_naming_the_key(tmp_path, capsys, quantiles):
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(f"model:\n  quantiles: {quantiles}\n")
+    assert main(["--config", str(cfg), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "model.quantiles" in err and "contain 0.5" in err
+    assert not (tmp_path / "store.db").exists()
