@@ -182,7 +182,7 @@ def backtest_skill_figure(rows: list[dict], horizons: Sequence[int], key: str = 
     axes[0].legend(loc="best", fontsize=8)
     axes[-1].set_xticks(folds, labels)
     axes[-1].set_xlabel("fold (test block; its first as-of date)")
-    fig.suptitle(f"Walk-forward {key} per fold (> 0: a lower MAE than its baseline)")
+    fig.suptitle(f"Walk-forward {key} per fold (> 0: better than its baseline)")
     fig.tight_layout()
     return fig
 

@@ -292,7 +292,8 @@ def save_backtest(store: ResultsStore, backtest_id: str, symbol: str, fold: int,
 def publish_backtest(backtest_id: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
                      horizons: list[int], path: Path) -> Path:
     """The skill-per-fold PNG at ``path``; the fold rows, the summary and the plot as artifacts."""
-    png = backtest_skill_png(rows, horizons, path)
+    # the spread is where the model can earn its keep: pinball skill against GARCH(1,1)
+    png = backtest_skill_png(rows, horizons, path, key="pinball_skill_garch")
     create_table_artifact(key="backtest-folds", table=_round_rows([{k: str(v) if isinstance(v, dt.date) else v
                                                                     for k, v in r.items()} for r in rows]),
                           description=f"backtest {backtest_id}: test metrics per symbol, fold and horizon")
@@ -301,5 +302,5 @@ def publish_backtest(backtest_id: str, summary: list[dict[str, Any]], rows: list
                                       f"pooled Diebold-Mariano p-value vs the random walk")
     create_markdown_artifact(key="backtest-skill", markdown=png_to_markdown(png.read_bytes(), f"backtest "
                                                                                   f"{backtest_id}: skill per fold"),
-                             description=f"backtest {backtest_id}: skill vs the random walk per fold and horizon")
+                             description=f"backtest {backtest_id}: pinball skill vs GARCH(1,1) per fold and horizon")
     return png
