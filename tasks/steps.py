@@ -41,7 +41,6 @@ from pydantic import Field
 
 import tasks.features as features_mod
 from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
-from tasks.bars import bars_fingerprint
 from tasks.baselines import baselines_on_test
 from tasks.evaluate import evaluate_quantile_forecasts
 from tasks.features import build_features as _build_features

@@ -41,11 +41,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, Table, delete, func, inspect, select, update
+from sqlalchemy import Connection, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tasks.store.engine import open_engine
-from tasks.store.tables import BACKTESTS, EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS
+from tasks.store.tables import BACKTESTS, EPOCH_METRICS, EVALUATIONS, PREDICTIONS, RUNS, SYMBOL_RUNS, create_schema
 
 RUN_STATUSES = ("running", "completed", "partial", "failed")
 SYMBOL_STATUSES = ("completed", "failed")
@@ -154,8 +154,7 @@ class ResultsStore:
                 # PostgreSQL's catalog (duplicate key ... pg_type_typname_nsp_index).
                 # This lock, held until commit, makes the others wait, then find them.
                 conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
-            SCHEMA.create_all(conn)
-            _add_missing_columns(conn)
+            create_schema(conn)
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.results_dir)!r}, url={self.url!r})"
@@ -385,20 +384,3 @@ def _upsert(conn: Connection, table: Table, rows: list[dict]) -> None:
     insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name](table)
     replace = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in key}
     conn.execute(insert.on_conflict_do_update(index_elements=key, set_=replace), rows)
-
-
-def _add_missing_columns(conn: Connection) -> None:
-    """A store made by an earlier version lacks the columns added since: add
-    them (``ALTER TABLE ... ADD COLUMN``, the same on SQLite and PostgreSQL),
-    so an old ``store.db`` keeps working and keeps its rows. Columns are only
-    ever added, and every added column is nullable; old rows read None there."""
-    quote = conn.dialect.identifier_preparer.quote
-    tables = inspect(conn)
-    for table in SCHEMA.sorted_tables:
-        have = {c["name"] for c in tables.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have:
-                continue
-            assert column.nullable, f"{table.name}.{column.name}: a column added later must be nullable"
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")

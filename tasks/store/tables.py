@@ -9,7 +9,8 @@ their zone, PostgreSQL returns them in the session's zone, and
 from __future__ import annotations
 
 from sqlalchemy import (
-    Boolean, Column, Date, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+    Boolean, Column, Connection, Date, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
+    Text, inspect,
 )
 
 from tasks.evaluate import QUANTILE_EVALUATION_KEYS as EVALUATION_KEYS
@@ -97,3 +98,22 @@ BACKTESTS = Table(
     # n and the metrics: copies of the evaluations columns, so they follow its key list
     *(Column(c.name, c.type, nullable=c.nullable) for c in EVALUATIONS.columns if not c.primary_key),
 )
+
+
+def create_schema(conn: Connection) -> None:
+    """Every table (``SCHEMA.create_all``). A store made by an earlier version
+    lacks the columns added since: add
+    them (``ALTER TABLE ... ADD COLUMN``, the same on SQLite and PostgreSQL),
+    so an old ``store.db`` keeps working and keeps its rows. Columns are only
+    ever added, and every added column is nullable; old rows read None there."""
+    SCHEMA.create_all(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    tables = inspect(conn)
+    for table in SCHEMA.sorted_tables:
+        have = {c["name"] for c in tables.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            assert column.nullable, f"{table.name}.{column.name}: a column added later must be nullable"
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")

@@ -13,8 +13,8 @@ from mamba.model import MambaForecaster
 from tasks.features import build_features
 from tasks.forecast import load_forecaster, predict_quantiles, predict_windows
 from tasks.sources import load_bars
-from tasks.train import (EpochSampler, gate_head, gate_median, hac_tstat, init_head, spread_from_residuals,
-                         spread_init, target_scale, train_model)
+from tasks.head import gate_head, gate_median, hac_tstat, init_head, spread_from_residuals, spread_init
+from tasks.train import EpochSampler, target_scale, train_model
 from tasks.windows import Scaler, Split, Windows
 from tasks.windows import make_windows as windows_of
 
