@@ -43,7 +43,7 @@ OVERRIDE_KEYS: dict[str, str] = {
     "symbols": "run.symbols", "source": "data.source", "days": "data.days",
     "epochs": "training.epochs", "batch_size": "training.batch_size", "seed": "training.seed",
     "threads": "training.threads", "parallel": "run.parallel",
-    "results_dir": "run.results_dir", "store_url": "run.store_url",
+    "results_dir": "run.results_dir", "store_url": "run.store_url", "as_of": "data.as_of",
 }
 
 

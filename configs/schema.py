@@ -31,6 +31,8 @@ class DataConfig(_Section):
     )
     start: dt.date | None = None
     end: dt.date | None = None
+    as_of: dt.date | None = Field(None, description="use only bars dated on or before this day (replays and "
+                                  "backfills); none: today")
     seed: int = Field(0, description="seed of the synthetic market (source: synthetic)")
     calendar: str = Field("XNYS", min_length=1, description="exchange calendar of forecast target dates "
                           "(exchange_calendars name; checked by tasks.calendar.check_calendar)")
@@ -39,7 +41,17 @@ class DataConfig(_Section):
     def _ordered(self) -> "DataConfig":
         if self.start and self.end and self.start >= self.end:
             raise ValueError(f"start {self.start} must be before end {self.end}")
+        if self.as_of and self.as_of > dt.date.today():
+            raise ValueError(f"as_of {self.as_of} is in the future (today is {dt.date.today()}); "
+                             f"give a past date or none for today")
+        if self.as_of and self.start and self.as_of < self.start:
+            raise ValueError(f"as_of {self.as_of} is before start {self.start}")
         return self
+
+    def last_day(self) -> dt.date | None:
+        """The last bar date a run may see: the earlier of ``end`` and ``as_of`` (None: the latest bar)."""
+        days = [d for d in (self.end, self.as_of) if d is not None]
+        return min(days) if days else None
 
 
 class FeatureConfig(_Section):
@@ -110,6 +122,10 @@ class TrainingConfig(_Section):
         True, description="reset a horizon's head that does not beat the baseline head on validation pinball loss")
     gate_t: float = Field(
         2.33, ge=0, description="HAC t-statistic (one-sided 1%) a validation gain needs to pass the gates")
+    calibrate: bool = Field(True, description="scale each horizon's interval to cover its nominal share of the "
+                            "validation targets, give or take calibrate_tolerance (split conformal)")
+    calibrate_tolerance: float = Field(0.03, ge=0, lt=0.5, description="validation coverage within nominal +- this "
+                                       "is left as trained")
     patience: int = Field(3, ge=1, description="EarlyStopping patience (epochs), counted from the baseline head")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau factor")
     lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
@@ -119,6 +135,17 @@ class TrainingConfig(_Section):
         None, ge=1, description="torch threads per trainer; None: the cores shared by run.parallel trainers")
     device: Literal["cpu", "gpu", "auto"] = "cpu"
     precision: Literal["32-true", "64-true", "bf16-mixed", "16-mixed"] = "32-true"
+
+
+class PromotionConfig(_Section):
+    """The promotion gate (tasks.registry): a new model becomes a symbol's champion
+    only if its mean ``metric`` over horizons on its test windows is at least
+    ``min_skill`` and at least the champion's on the same windows."""
+
+    metric: Literal["skill_zero", "skill_drift", "skill_linear", "pinball_skill_empirical", "pinball_skill_ewma",
+                    "pinball_skill_garch"] = Field(
+        "skill_zero", description="evaluation column averaged over horizons; skill_zero: MAE skill vs the random walk")
+    min_skill: float = Field(0.0, description="the least mean metric a champion needs")
 
 
 class RunConfig(_Section):
@@ -142,4 +169,5 @@ class Config(_Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     run: RunConfig = Field(default_factory=RunConfig)

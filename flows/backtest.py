@@ -73,7 +73,7 @@ def backtest_fold(symbol: str, fold: int, frame: pl.DataFrame, config: Config, b
     if model is None:
         model = steps.train_model.with_options(task_run_name=f"train-{symbol}-{fold}")(
             windows, config, symbol, workdir)
-    evaluation, q = steps.evaluate_model.with_options(task_run_name=f"evaluate-{symbol}-{fold}")(
+    evaluation, q, _ = steps.evaluate_model.with_options(task_run_name=f"evaluate-{symbol}-{fold}")(
         model, config, windows, frame["close"].to_numpy(), symbol)
     # the quantile forecasts (n, h, k) are scored against the random walk by their median
     diffs = loss_differentials(windows.test.y, q, config.model.quantiles)
@@ -124,7 +124,7 @@ def backtest_universe(config: Config = Config(), folds: int | None = None,
         folds: test blocks (and models, with refit "every") per symbol; empty: 8, or as many as every
             symbol's history holds if fewer (test blocks of test_frac of the history hold about 6).
         refit: "every" trains a model per fold; "once" trains fold 0's and tests it on every block.
-        as_of: use only bars dated on or before this day (filtered after the fetch).
+        as_of: use only bars dated on or before this day; empty: the config's data.as_of (--as-of).
         test_days: window ends per test block; empty: the test split of a normal run on the whole history.
     """
     log = get_run_logger()
@@ -132,6 +132,9 @@ def backtest_universe(config: Config = Config(), folds: int | None = None,
         raise ValueError(f"folds {folds} and test_days {test_days} must be >= 1")
     symbols = check_run(config)
     w = config.windows
+    if as_of is not None:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"as_of": as_of})})
+    as_of = config.data.as_of
     data = for_each_symbol(backtest_data, symbols, config.run.parallel, {"config": config, "as_of": as_of})
     frames = {s: f for s, f in data.items() if not isinstance(f, BaseException)}
     if folds is None:  # the default: DEFAULT_FOLDS where they fit, else as many as fit everywhere
@@ -212,13 +215,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from exc
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m flows.backtest", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, help="YAML config file (default configs/default.yaml)")
@@ -230,9 +226,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refit", choices=REFIT, default="every",
                    help="every: a model per fold, trained on all history before its block (default); "
                         "once: fold 0's model tested on every block (one training per symbol)")
-    p.add_argument("--as-of", type=_date, metavar="DATE",
-                   help="use only bars dated on or before DATE (YYYY-MM-DD); applied after the fetch, so --days "
-                        "counts back from the last bar fetched, not from DATE")
     p.add_argument("--test-days", type=_positive, metavar="N",
                    help="window ends (trading days) per test block (default: the test split a normal run gets "
                         "from windows.test_frac on the whole history)")
@@ -249,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        out = backtest_universe(config, args.folds, args.refit, args.as_of, args.test_days)
+        out = backtest_universe(config, args.folds, args.refit, None, args.test_days)
     except FoldsDoNotFit as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

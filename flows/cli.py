@@ -4,13 +4,22 @@ checks that fail a whole run before any work is done (exit code 2)."""
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from typing import Any
 
 from configs.load import named_overrides, resolve_symbols
 from configs.schema import Config
 
+def iso_date(text: str) -> dt.date:
+    """An argparse type: YYYY-MM-DD, with a message that says so."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD, e.g. 2012-06-01") from None
+
+
 # name (as in configs.load.OVERRIDE_KEYS) -> (flag, type, help)
-FLAGS: dict[str, tuple[str, type, str]] = {
+FLAGS: dict[str, tuple[str, Any, str]] = {
     "symbols": ("--symbols", str, "comma-separated tickers or universe names (TEST, SAMPLE, TIER_1)"),
     "source": ("--source", str, "sample | synthetic | yfinance | files:DIR"),
     "days": ("--days", int, "last N trading days of history"),
@@ -22,13 +31,15 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "parallel": ("--parallel", int, "symbols handled at the same time"),
     "results_dir": ("--results", str, "results directory (default results/)"),
     "store_url": ("--store-url", str, "SQLAlchemy URL of the results database (default sqlite RESULTS/store.db)"),
+    "as_of": ("--as-of", iso_date, "use only bars dated on or before this day, YYYY-MM-DD (replays, backfills); "
+                                   "default: all bars to today"),
 }
 
 
 def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         flag, kind, text = FLAGS[name]
-        parser.add_argument(flag, dest=name, type=kind, help=text)
+        parser.add_argument(flag, dest=name, type=kind, help=text, **({"metavar": "DATE"} if name == "as_of" else {}))
 
 
 def symbol_list(text: str | None) -> list[str] | None:

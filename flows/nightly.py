@@ -11,6 +11,7 @@ run form shows them).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def nightly_symbol(symbol: str, config: Config, run_id: str, resume: bool = Fals
     raises (the parent records it); a forecast failure is kept in the outcome."""
     outcome = train_symbol(symbol, config, run_id, resume)
     state = forecast_symbol(symbol, config.data.source, config.run.results_dir, config.run.store_url,
-                            return_state=True)
+                            as_of=config.data.as_of, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         return outcome | {"forecasts": [], "error": f"forecast: {error_text(result)}"}
@@ -74,7 +75,7 @@ def nightly_config(config_path: str = NIGHTLY_CONFIG, **overrides: Any) -> Confi
 def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None = None,
                     source: str | None = None, days: int | None = None, epochs: int | None = None,
                     results_dir: str | None = None, store_url: str | None = None,
-                    parallel: int | None = None) -> list[dict[str, Any]]:
+                    parallel: int | None = None, as_of: dt.date | None = None) -> list[dict[str, Any]]:
     """Retrain every symbol of the config on fresh bars, then forecast each one that trained.
 
     Fails (after storing everything that succeeded) if any symbol failed to
@@ -89,10 +90,11 @@ def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None
         results_dir: results directory (models, store.db); empty: the config's.
         store_url: SQLAlchemy URL of the results database; empty: the config's.
         parallel: symbols handled at the same time; empty: the config's.
+        as_of: the night to run as (bars dated on or before it only; replays); empty: today.
     """
     log = get_run_logger()
     config = nightly_config(config_path, symbols=symbols, source=source, days=days, epochs=epochs,
-                            results_dir=results_dir, store_url=store_url, parallel=parallel)
+                            results_dir=results_dir, store_url=store_url, parallel=parallel, as_of=as_of)
     log.info("config %s: symbols %s, source %s, %d epochs, results in %s", config_path, config.run.symbols,
              config.data.source, config.training.epochs, Path(config.run.results_dir).resolve())
     outcomes = run_symbols(config, nightly_symbol)
@@ -106,7 +108,7 @@ def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None
     return outcomes
 
 
-NIGHTLY_FLAGS = ("symbols", "source", "days", "epochs", "results_dir", "store_url", "parallel")
+NIGHTLY_FLAGS = ("symbols", "source", "days", "as_of", "epochs", "results_dir", "store_url", "parallel")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,15 +30,15 @@ from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
 from flows.fanout import error_text, for_each_symbol
 from flows.report import text_table
-from tasks import steps
-from tasks.bars import bars_fingerprint, validate_symbol
+from tasks import registry, steps
+from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
 from tasks.plan import min_train_bars
 from tasks.store import ResultsStore
 
 
 def _outcome(symbol: str, status: str, **kw: Any) -> dict[str, Any]:
     base = {"symbol": symbol, "status": status, "epochs": None, "best_val_loss": None, "no_skill": None,
-            "metrics": {}, "seconds": None, "model_path": None, "error": None}
+            "metrics": {}, "seconds": None, "model_path": None, "error": None, "decision": None, "reason": None}
     return base | kw
 
 
@@ -51,7 +51,8 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     results = Path(config.run.results_dir).resolve()
     cached = {"result_storage": results / "prefect"}
 
-    bars = steps.fetch_bars.with_options(**cached)(symbol, config.data, results)
+    # bars to data.last_day() (--as-of); the filter again, so nothing later can reach the features
+    bars = bars_as_of(steps.fetch_bars.with_options(**cached)(symbol, config.data, results), config.data.last_day())
     report = steps.validate_bars(bars, symbol, min_train_bars(config))
     fingerprint = bars_fingerprint(bars)
     frame = steps.build_features.with_options(**cached)(bars, config.features, symbol, fingerprint)
@@ -60,17 +61,20 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
              bars["date"][-1], len(windows.train), len(windows.val), len(windows.test))
     workdir = results / "work" / symbol
     trained = steps.train_model(windows, config, symbol, workdir, resume)
-    evaluation, q = steps.evaluate_model(trained, config, windows, frame["close"].to_numpy(), symbol)
+    evaluation, q, baselines = steps.evaluate_model(trained, config, windows, frame["close"].to_numpy(), symbol)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     plots = steps.render_plots(symbol, trained, windows, q, config.model.quantiles)
-    seconds = time.perf_counter() - t0
     with ResultsStore(results, config.run.store_url) as store:
-        model = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, plots, bars.height, seconds)
+        decision = steps.gate_model(store, symbol, evaluation, config, windows, frame, baselines)
+        seconds = time.perf_counter() - t0
+        model = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, plots, bars.height, seconds,
+                               decision, bars, config.promotion.metric)
+    log.info("%s: %s: %s", symbol, decision.status, decision.reason)
     steps.publish_plots(symbol, plots, evaluation)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
                     no_skill=trained.no_skill, metrics={r["horizon"]: r for r in evaluation}, seconds=seconds,
-                    model_path=model)
+                    model_path=model, decision=decision.status, reason=decision.reason)
 
 
 def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) -> dict[str, dict[str, Any]]:
@@ -89,8 +93,11 @@ def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[s
             "data_fingerprint")
     store.record_symbol(run_id, row["symbol"], "completed", **{k: row[k] for k in keep})
     metrics = {e["horizon"]: e for e in store.evaluations(row["run_id"], row["symbol"])}
+    decided = [m for m in registry.models(store, [row["symbol"]]) if m["run_id"] == row["run_id"]]
     return _outcome(row["symbol"], "completed", epochs=row["epochs"], best_val_loss=row["best_val_loss"],
-                    no_skill=row["no_skill"], metrics=metrics, seconds=0.0, model_path=row["model_path"])
+                    no_skill=row["no_skill"], metrics=metrics, seconds=0.0, model_path=row["model_path"],
+                    decision=decided[0]["status"] if decided else None,
+                    reason=decided[0]["reason"] if decided else None)
 
 
 def run_symbols(config: Config, subflow: Flow, resume: bool = False) -> list[dict[str, Any]]:
@@ -140,7 +147,9 @@ def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[di
     """One row per symbol, at the shortest and the longest horizon, on the test
     split: ``skill`` = 1 - MAE / MAE(random walk) of the median; ``vs garch`` =
     1 - pinball / pinball(GARCH(1,1) quantiles); ``cover`` = share of targets
-    inside the central interval (0.05-0.95 by default: 0.90 is calibrated)."""
+    inside the central interval (0.05-0.95 by default: 0.90 is calibrated);
+    ``status`` = the promotion gate's decision (champion, challenger,
+    rejected), or failed."""
     ends = sorted({min(horizons), max(horizons)})
 
     def cell(o: dict[str, Any], h: int, key: str, fmt: str) -> str:
@@ -150,7 +159,9 @@ def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[di
     rows = []
     for o in outcomes:
         rows.append({
-            "symbol": o["symbol"], "status": o["status"],
+            "symbol": o["symbol"],
+            # the registry's decision for a trained model (tasks.registry); failed otherwise
+            "status": o["decision"] or o["status"],
             "epochs": "" if o["epochs"] is None else str(o["epochs"]),
             **{f"skill h{h}": cell(o, h, "skill_zero", "+.3f") for h in ends},
             **{f"vs garch h{h}": cell(o, h, "pinball_skill_garch", "+.3f") for h in ends},
@@ -166,7 +177,7 @@ def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
     return text_table(summary_rows(outcomes, horizons))
 
 
-TRAIN_FLAGS = ("symbols", "source", "days", "epochs", "batch_size", "seed", "threads", "parallel",
+TRAIN_FLAGS = ("symbols", "source", "days", "as_of", "epochs", "batch_size", "seed", "threads", "parallel",
                "results_dir", "store_url")
 
 

@@ -210,6 +210,9 @@ class QuantileHead(nn.Module):
         self.log_scale = nn.Linear(d_model, h, bias=False)  # its bias would duplicate the steps' biases
         self.scale_skip = nn.Linear(n_features, h, bias=False)
         self.steps = nn.Linear(d_model, h * (k - 1))
+        # per-horizon factor on the two outermost steps (the tails of the central
+        # interval), set after training by calibration; 1 = as trained
+        self.register_buffer("tail_scale", torch.ones(h))  # (h,)
         # until `reset` is given the training targets' quantiles: standard normal ones
         self.reset(torch.special.ndtri(torch.tensor(taus)).repeat(h, 1))
 
@@ -241,6 +244,10 @@ class QuantileHead(nn.Module):
         # and exp(g) must stay finite, else inf * 0 = nan
         g = (self.log_scale(u) + self.scale_skip(x)).clamp(-20.0, 20.0)  # (b, h)
         s = F.softplus(self.steps(u)).view(b, h, -1) * torch.exp(g).unsqueeze(-1)  # (b, h, q-1)
+        n_steps = s.shape[-1]  # the outermost step on each side that has one: index mid-1 below, q-2 above
+        outer = torch.tensor([i in (self.mid - 1, n_steps - 1) for i in range(n_steps)], dtype=torch.bool,
+                             device=s.device)  # (q-1,)
+        s = torch.where(outer, s * self.tail_scale[:, None], s)  # (b, h, q-1)
         below = m.unsqueeze(-1) - s[..., :self.mid].cumsum(-1).flip(-1)  # (b, h, mid); s counts away from m
         above = m.unsqueeze(-1) + s[..., self.mid:].cumsum(-1)  # (b, h, q-1-mid)
         return torch.cat([below, m.unsqueeze(-1), above], dim=-1)  # (b, h, q)

@@ -29,8 +29,12 @@ from tasks.windows import Scaler, latest_window
 
 def load_forecaster(state_dict: dict[str, torch.Tensor], n_features: int, horizons: list[int],
                     model: ModelConfig) -> MambaForecaster:
-    """A ``MambaForecaster`` in eval mode with ``state_dict`` loaded (strict)."""
+    """A ``MambaForecaster`` in eval mode with ``state_dict`` loaded (strict).
+    Models saved before interval calibration existed have no ``head.tail_scale``:
+    theirs is 1 (the intervals as trained)."""
     net = MambaForecaster(n_features=n_features, horizons=list(horizons), **model.model_dump())
+    if "head.tail_scale" not in state_dict:
+        state_dict = {**state_dict, "head.tail_scale": torch.ones(len(horizons))}
     net.load_state_dict(state_dict, strict=True)
     return net.eval()
 

@@ -140,3 +140,33 @@ def spread_from_residuals(model: MambaForecaster, x_val: np.ndarray, y_val: np.n
     scale = model.output_scale.numpy()
     offsets, _ = spread_init((y_val - med) / scale, list(model.quantiles))
     model.head.set_spread(torch.from_numpy(offsets))
+
+
+@torch.no_grad()
+def calibrate_spread(model: MambaForecaster, x_val: np.ndarray, y_val: np.ndarray,
+                     tolerance: float = 0.0) -> list[float]:
+    """Scale each horizon's two outer steps (between the outer and the next
+    quantiles) so that the central interval covers its nominal share of the
+    validation targets, give or take `tolerance`: split conformal calibration
+    (Vovk et al. 2005) on a multiplicative scale, leaving the inner quantiles as
+    trained. With r = how far a target lies beyond the next-to-outer quantile on
+    its side, in units of the outer step (r <= 1: inside the interval), the
+    factor is the quantile of r at the validation coverage clipped to
+    nominal +- tolerance: 1 where the coverage is already in that band.
+    Returns the factors, one per horizon; all 1 when the quantiles have no
+    interval around the median (none below or none above 0.5)."""
+    taus = np.asarray(model.quantiles)
+    if taus[0] >= 0.5 or taus[-1] <= 0.5:
+        return [1.0] * len(model.horizons)
+    q = predict_quantiles(model, x_val).astype(np.float64)  # (n, h, k)
+    lo, lo_in, hi_in, hi = q[..., 0], q[..., 1], q[..., -2], q[..., -1]  # (n, h) each
+    y = y_val.astype(np.float64)  # (n, h)
+    above = (y - hi_in) / np.maximum(hi - hi_in, 1e-12)  # (n, h)
+    below = (lo_in - y) / np.maximum(lo_in - lo, 1e-12)  # (n, h)
+    r = np.maximum(np.maximum(above, below), 0.0)  # (n, h); 0: inside the inner quantiles
+    nominal = taus[-1] - taus[0]
+    target = np.clip((r <= 1.0).mean(axis=0), nominal - tolerance, nominal + tolerance)  # (h,)
+    factors = np.array([np.quantile(r[:, j], target[j]) for j in range(r.shape[1])])  # (h,)
+    factors = np.where(np.abs((r <= 1.0).mean(axis=0) - target) > 0, np.maximum(factors, 1e-3), 1.0)
+    model.head.tail_scale.mul_(torch.from_numpy(factors).to(model.head.tail_scale.dtype))
+    return [float(f) for f in factors]

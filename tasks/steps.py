@@ -41,7 +41,7 @@ from pydantic import Field
 
 import tasks.features as features_mod
 from configs.schema import Config, DataConfig, FeatureConfig, WindowConfig
-from tasks.baselines import baselines_on_test
+from tasks.baselines import BaselineForecasts, baselines_on_test
 from tasks.evaluate import evaluate_quantile_forecasts
 from tasks.features import build_features as _build_features
 from tasks.folds import Fold, fold_windows as _fold_windows
@@ -49,7 +49,8 @@ from tasks.plots import backtest_skill_png, forecast_vs_actual_png, learning_cur
 from tasks.forecast import forecast_rows, load_forecaster, model_config, predict_quantiles
 from tasks.plan import trainer_threads
 from tasks.sources import SourceError, files_dir, find_file, load_bars, source_code_hash
-from tasks.store import ResultsStore, load_model, package_versions, save_trained_model
+from tasks import registry
+from tasks.store import ResultsStore, load_model, model_key, package_versions, save_trained_model
 from tasks.train import TrainResult
 from tasks.train import train_model as _train_model
 from tasks.validate import QualityReport, validate_bars as _validate_bars
@@ -93,8 +94,8 @@ def _files_stamp(source: str, symbol: str) -> str:
 def fetch_key(context: TaskRunContext, params: dict[str, Any]) -> str:
     data: DataConfig = params["data"]
     symbol = params["symbol"]
-    as_of = data.end or dt.date.today()
-    return "fetch-" + _digest(symbol, data.source, data.start, data.end, data.days, data.seed,
+    as_of = data.last_day() or dt.date.today()
+    return "fetch-" + _digest(symbol, data.source, data.start, data.last_day(), data.days, data.seed,
                               as_of, _files_stamp(data.source, symbol), source_code_hash())
 
 
@@ -113,8 +114,10 @@ def _retry_network_only(task: Any, task_run: Any, state: Any) -> bool:
       result_serializer=ParquetSerializer(), retries=3, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=_retry_network_only)
 def fetch_bars(symbol: str, data: DataConfig, results_dir: Path) -> pl.DataFrame:
-    """Bars of ``symbol``; live data is cached under ``RESULTS/cache/yfinance``."""
-    return load_bars(symbol, data.source, start=data.start, end=data.end, days=data.days,
+    """Bars of ``symbol`` up to ``data.last_day()`` (``end`` or ``as_of``; the
+    last ``days`` of them count back from it); live data is cached under
+    ``RESULTS/cache/yfinance``."""
+    return load_bars(symbol, data.source, start=data.start, end=data.last_day(), days=data.days,
                      cache_dir=results_dir / "cache" / "yfinance", seed=data.seed)
 
 
@@ -143,16 +146,17 @@ def train_model(windows: Windows, config: Config, symbol: str, workdir: Path, re
 
 @task(name="evaluate_model", task_run_name="evaluate-{symbol}", cache_policy=NO_CACHE)
 def evaluate_model(trained: TrainResult, config: Config, windows: Windows, close: np.ndarray,
-                   symbol: str) -> tuple[list[dict], np.ndarray]:
+                   symbol: str) -> tuple[list[dict], np.ndarray, BaselineForecasts]:
     """Test-split metrics per horizon of the saved weights' quantiles (n, h, k),
-    beside the baselines fitted on the same training split (``tasks.baselines``);
+    beside the baselines fitted on the same training split (``tasks.baselines``),
+    which it returns too (the registry scores a champion against them);
     ``close`` (N,) is the feature frame's close, which the windows' ends index."""
     model = load_forecaster(trained.state_dict, len(windows.feature_names), windows.horizons, config.model)
     q = predict_quantiles(model, windows.test.x)  # (n, h, k)
     _, baselines = baselines_on_test(windows, close, config.model.quantiles)
     rows = evaluate_quantile_forecasts(windows.test.y, q, config.model.quantiles, windows.horizons, baselines,
                                        stride=config.windows.stride)
-    return rows, q
+    return rows, q, baselines
 
 
 def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, trained: TrainResult,
@@ -211,17 +215,51 @@ def render_plots(symbol: str, trained: TrainResult, windows: Windows, q: np.ndar
     }
 
 
+@task(name="gate_model", task_run_name="gate-{symbol}", cache_policy=NO_CACHE)
+def gate_model(store: ResultsStore, symbol: str, evaluation: list[dict], config: Config, windows: Windows,
+               frame: pl.DataFrame, baselines: BaselineForecasts) -> registry.Decision:
+    """The promotion gate (``tasks.registry.decide``): the new model's mean
+    ``promotion.metric`` on its test windows against ``promotion.min_skill``
+    and against the current champion scored on the same windows."""
+    metric, n = config.promotion.metric, len(windows.test)
+    score = registry.mean_metric(evaluation, metric)
+    champ = registry.champion(store, symbol)
+    if champ is None:
+        return registry.decide(score, metric, config.promotion.min_skill, n_windows=n)
+    state, meta = load_model(store, model_key(symbol, champ["run_id"]))
+    saw = registry.champion_saw(meta, _day(windows.test.end_dates[0]))
+    rows = None if saw else registry.champion_on_windows(state, meta, frame, windows, baselines,
+                                                         config.model.quantiles, config.windows.stride)
+    return registry.decide(score, metric, config.promotion.min_skill, champ,
+                           None if rows is None else registry.mean_metric(rows, metric), saw, n)
+
+
+def _day(d: Any) -> dt.date:
+    return dt.date.fromisoformat(str(d)[:10])
+
+
 @task(name="save_run", task_run_name="save-{symbol}", cache_policy=NO_CACHE)
 def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult, metadata: dict[str, Any],
-             evaluation: list[dict], plots: dict[str, bytes], rows: int, seconds: float) -> str:
-    """The model (weights, metadata, plots) and its rows (epochs, evaluation,
-    the completed symbol_run) in one transaction: every reader sees all of
-    them or none. Returns the model's key, ``store:SYMBOL/RUN_ID``."""
-    return save_trained_model(
-        store, symbol, run_id, trained.state_dict, metadata, plots, trained.epoch_metrics, evaluation,
-        rows=rows, windows=sum(metadata["windows"].values()), parameters=trained.parameters, epochs=trained.epochs,
-        best_val_loss=trained.best_val_loss, no_skill=trained.no_skill, seconds=seconds,
-        data_fingerprint=metadata["data_fingerprint"])
+             evaluation: list[dict], plots: dict[str, bytes], rows: int, seconds: float,
+             decision: registry.Decision, bars: pl.DataFrame, metric: str) -> str:
+    """The model (weights, metadata, plots), its rows (epochs, evaluation,
+    the completed symbol_run) and its registry row with the gate's decision
+    (the previous champion retired when it is promoted) in one transaction:
+    every reader sees all of them or none. Returns the model's key,
+    ``store:SYMBOL/RUN_ID``."""
+    with store.transaction():
+        key = save_trained_model(
+            store, symbol, run_id, trained.state_dict, metadata, plots, trained.epoch_metrics, evaluation,
+            rows=rows, windows=sum(metadata["windows"].values()), parameters=trained.parameters,
+            epochs=trained.epochs, best_val_loss=trained.best_val_loss, no_skill=trained.no_skill, seconds=seconds,
+            data_fingerprint=metadata["data_fingerprint"])
+        test = metadata["splits"]["test"]
+        registry.record_model(store, {
+            "symbol": symbol, "run_id": run_id, "data_start": bars["date"][0], "data_end": bars["date"][-1],
+            "test_start": _day(test[0]), "test_end": _day(test[1]), "status": decision.status,
+            "reason": decision.reason, "metric": metric, "score": decision.score,
+            "init_from": metadata.get("init_from")})
+    return key
 
 
 class ModelNotFoundError(LookupError):
@@ -229,14 +267,27 @@ class ModelNotFoundError(LookupError):
 
 
 @task(name="load_model", task_run_name="load-model-{symbol}", cache_policy=NO_CACHE)
-def load_latest_model(store: ResultsStore, symbol: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(weights, metadata) of the symbol's latest completed model, from the store."""
-    model = store.latest_model(symbol)
-    if model is None:
-        where = f"--store-url {store.url}" if store.engine.dialect.name != "sqlite" else f"--results {store.results_dir}"
-        raise ModelNotFoundError(f"{symbol}: no completed model in {store.url}; train one first: "
+def load_serving_model(store: ResultsStore, symbol: str, run_id: str | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, metadata) of the model predict uses: run ``run_id``'s when
+    given, else the symbol's champion in the registry (``tasks.registry``).
+    ModelNotFoundError, naming the rejected runs and their scores, when there
+    is no champion."""
+    if run_id is not None:
+        registry.model_row(store, symbol, run_id)  # RegistryError when the store has no such model
+        return load_model(store, model_key(symbol, run_id))
+    champ = registry.champion(store, symbol)
+    if champ is not None:
+        return load_model(store, model_key(symbol, champ["run_id"]))
+    where = f"--store-url {store.url}" if store.engine.dialect.name != "sqlite" else f"--results {store.results_dir}"
+    others = registry.models(store, [symbol])
+    if not others:
+        raise ModelNotFoundError(f"{symbol}: no trained model in {store.url}; train one first: "
                                  f"python -m flows.train --symbols {symbol} {where}")
-    return load_model(store, model)
+    listed = "; ".join(f"{m['run_id']} {m['status']} ({m['metric']} {m['score']:+.4f})" for m in others[-5:])
+    raise ModelNotFoundError(
+        f"{symbol}: no champion (no model passed the promotion gate): {listed}. Not forecast; use --run RUN_ID "
+        f"for one of them, --fallback naive for the random walk, or python -m flows.models promote {symbol} RUN_ID")
 
 
 @task(name="forecast", task_run_name="forecast-{symbol}", cache_policy=NO_CACHE)

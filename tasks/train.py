@@ -56,7 +56,7 @@ from mamba.lit import LitMambaForecaster
 from tasks.atomic import atomic_write
 from tasks.augment import AugmentCollate
 from tasks.features import VOLATILITY_COLUMNS
-from tasks.head import gate_head, gate_median, init_head, loss_of, spread_from_residuals
+from tasks.head import calibrate_spread, gate_head, gate_median, init_head, loss_of, spread_from_residuals
 from tasks.windows import Windows
 
 log = logging.getLogger(__name__)
@@ -279,6 +279,8 @@ def train_model(
     zeroed = gate_median(net, windows.val.x, windows.val.y, training.gate_t) if training.median_gate else []
     if training.loss != "pinball":
         spread_from_residuals(net, windows.val.x, windows.val.y)
+    if training.calibrate:
+        calibrate_spread(net, windows.val.x, windows.val.y, training.calibrate_tolerance)
     return TrainResult(
         state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         best_val_loss=best.best,

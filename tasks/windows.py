@@ -219,3 +219,16 @@ def latest_window(frame: pl.DataFrame, feature_names: Sequence[str], scaler: Sca
     tail = frame.tail(seq_len)
     x = scaler.transform(_feature_matrix(tail, feature_names))[None]  # (1, l, f)
     return x, tail["date"][-1], float(tail["close"][-1])
+
+
+def windows_ending_at(frame: pl.DataFrame, feature_names: Sequence[str], scaler: Scaler, seq_len: int,
+                      ends: np.ndarray) -> np.ndarray:
+    """Windows (n, l, f) of ``frame``'s ``feature_names`` ending at rows ``ends``,
+    scaled with ``scaler``: another model's inputs on the same days (the
+    registry scores a champion on a new model's test windows this way)."""
+    ends = np.asarray(ends, dtype=np.int64)
+    if len(ends) and (ends.min() < seq_len - 1 or ends.max() >= frame.height):
+        raise ValueError(f"window ends {ends.min()}..{ends.max()} need rows {seq_len - 1}..{frame.height - 1}")
+    scaled = scaler.transform(_feature_matrix(frame, feature_names))  # (N, f)
+    idx = ends[:, None] - np.arange(seq_len - 1, -1, -1)[None, :]  # (n, l)
+    return scaled[idx].astype(np.float32)

@@ -129,7 +129,7 @@ def _select(
         have = f"{full['date'].min()} to {full['date'].max()}" if full.height else "no rows"
         raise SourceError(
             f"{symbol}: no bars from source {source!r} between {start or 'the start'} and "
-            f"{end or 'the end'}; the source has {have}. Choose --start/--end inside that range"
+            f"{end or 'the end'}; the source has {have}. Choose --start/--end (or --as-of) inside that range"
         )
     return bars
 

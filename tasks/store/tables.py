@@ -88,6 +88,21 @@ MODEL_FILES = Table(
     Column("sha256", String(64), nullable=False),    # hex digest of content, checked on every read
     Column("size", Integer, nullable=False),         # bytes; models are well under 1 MB
 )
+MODELS = Table(
+    # The registry: every trained model of a symbol and what was decided about
+    # it (tasks.registry). At most one row per symbol is "champion".
+    "models", SCHEMA,
+    Column("symbol", String, primary_key=True),
+    Column("run_id", String(64), ForeignKey("runs.run_id"), primary_key=True),  # the run that trained it
+    Column("created_at", _ts, nullable=False),
+    Column("data_start", Date), Column("data_end", Date),  # first and last bar it was trained on
+    Column("test_start", Date), Column("test_end", Date),  # as-of dates of its first and last test window
+    Column("status", String(16), nullable=False),  # champion | challenger | rejected | retired
+    Column("reason", Text, nullable=False),  # one sentence: the numbers that decided it
+    Column("metric", String(32)), Column("score", Float),  # the gate's metric and its value on its test windows
+    Column("promoted_at", _ts),
+    Column("init_from", String(64)),  # warm start: the champion run it started from
+)
 BACKTESTS = Table(
     "backtests", SCHEMA,
     Column("backtest_id", String(64), primary_key=True),

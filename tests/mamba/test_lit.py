@@ -73,8 +73,9 @@ def test_two_seeded_runs_are_bitwise_identical():
     # identical because seeded, not because training left them untouched
     L.seed_everything(3, workers=True)
     init = LitMambaForecaster(**SMALL).state_dict()
-    # (output_scale is a buffer the trainer sets, not a weight: fit() leaves it at 1)
-    assert [k for k, p in a.state_dict().items() if torch.equal(p, init[k])] == ["model.output_scale"]
+    # (output_scale and tail_scale are buffers the trainer sets, not weights: fit() leaves them at 1)
+    assert [k for k, p in a.state_dict().items() if torch.equal(p, init[k])] == ["model.output_scale",
+                                                                                 "model.head.tail_scale"]
 
 
 def test_optimizer_and_plateau_schedule():

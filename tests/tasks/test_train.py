@@ -13,7 +13,8 @@ from mamba.model import MambaForecaster
 from tasks.features import build_features
 from tasks.forecast import load_forecaster, predict_quantiles, predict_windows
 from tasks.sources import load_bars
-from tasks.head import gate_head, gate_median, hac_tstat, init_head, spread_from_residuals, spread_init
+from tasks.head import (calibrate_spread, gate_head, gate_median, hac_tstat, init_head, spread_from_residuals,
+                        spread_init)
 from tasks.train import EpochSampler, target_scale, train_model
 from tasks.windows import Scaler, Split, Windows
 from tasks.windows import make_windows as windows_of
@@ -75,7 +76,8 @@ def test_no_epoch_beats_the_baseline_head_so_it_is_returned_flagged(tmp_path):
     that the zero-median baseline, whose spread is centred on 0, does not have."""
     rng = np.random.default_rng(2)
     windows = make_windows(rng, 256, 128, signal=[0.0, 0.0], shift=1.0)
-    training = TrainingConfig(epochs=8, patience=2, batch_size=32, lr=1e-2, seed=0)
+    # without calibration, which would rescale the baseline's outer quantiles
+    training = TrainingConfig(epochs=8, patience=2, batch_size=32, lr=1e-2, seed=0, calibrate=False)
     res = train_model(windows, TINY, training, AugmentConfig(), tmp_path / "w")
     assert res.no_skill and res.best_epoch == -1
     assert res.epochs == 2  # early stopping counted from the baseline: 2 epochs without beating it
@@ -165,7 +167,8 @@ def windows() -> Windows:
 
 
 def test_train_model_returns_the_best_epoch_and_its_weights(windows, tmp_path):
-    training = TrainingConfig(epochs=3, patience=5, seed=7, batch_size=32, head_gate=False, median_gate=False)
+    training = TrainingConfig(epochs=3, patience=5, seed=7, batch_size=32, head_gate=False, median_gate=False,
+                              calibrate=False)
     out = train_model(windows, TINY, training, AugmentConfig(), tmp_path / "work", threads=1)
 
     assert out.epochs == 3 and [r["epoch"] for r in out.epoch_metrics] == [0, 1, 2]
@@ -175,7 +178,8 @@ def test_train_model_returns_the_best_epoch_and_its_weights(windows, tmp_path):
     assert out.best_epoch == (int(np.argmin(val)) if min(val) < out.baseline_val_loss else -1)
     assert out.no_skill == (out.best_epoch == -1)
     np.testing.assert_allclose(out.target_scale, windows.train.y.std(axis=0), rtol=1e-6)
-    assert out.parameters == sum(v.numel() for k, v in out.state_dict.items() if k != "output_scale")
+    buffers = ("output_scale", "head.tail_scale")
+    assert out.parameters == sum(v.numel() for k, v in out.state_dict.items() if k not in buffers)
     assert out.resumed_from_epoch is None
 
     # The returned weights are the best epoch's, outputs in log returns: their
@@ -266,3 +270,49 @@ def test_gate_head_gives_the_losing_horizons_their_baseline_rows_back():
     q = predict_quantiles(model, x)
     np.testing.assert_allclose(q[:, 1], q_base[:, 1], rtol=1e-6)  # horizon 5: the baseline again
     np.testing.assert_allclose(q[:, 0], q_trained[:, 0], rtol=1e-6)  # horizon 1: as trained
+
+
+def _constant_head(y_train: np.ndarray) -> MambaForecaster:
+    """A model whose quantiles are those of `y_train` whatever the input."""
+    torch.manual_seed(0)
+    model = MambaForecaster(n_features=2, horizons=[1, 5], d_model=8, n_layers=1, d_state=4).eval()
+    init_head(model, y_train, target_scale(y_train.astype(np.float32)))
+    return model
+
+
+@pytest.mark.parametrize("spread", [0.5, 2.0])  # validation 2x narrower / wider than training
+def test_calibrate_spread_moves_validation_coverage_to_nominal_and_keeps_the_inner_quantiles(spread):
+    rng = np.random.default_rng(7)
+    model = _constant_head(rng.standard_normal((4000, 2)) * np.array([0.01, 0.03]))
+    x = rng.standard_normal((2000, 6, 2)).astype(np.float32)
+    y = (rng.standard_normal((2000, 2)) * np.array([0.01, 0.03]) * spread).astype(np.float32)
+    before = predict_quantiles(model, x)  # (n, h, q)
+    cover = lambda q: ((y >= q[..., 0]) & (y <= q[..., -1])).mean(axis=0)  # noqa: E731
+    assert np.all(np.abs(cover(before) - 0.9) > 0.05)  # 0.99+ or about 0.59 before
+    factors = calibrate_spread(model, x, y, tolerance=0.0)
+    after = predict_quantiles(model, x)
+    np.testing.assert_allclose(cover(after), 0.9, atol=1.5 / len(y))  # the nominal share, up to ties
+    np.testing.assert_array_equal(after[..., 1:-1], before[..., 1:-1])  # inner quantiles as trained
+    assert np.all(np.diff(after, axis=-1) > 0)  # still sorted
+    # the outer step scaled by the returned factor, by hand
+    np.testing.assert_allclose(after[..., -1] - after[..., -2], (before[..., -1] - before[..., -2]) * factors,
+                               rtol=1e-4)
+    assert all(f < 1 for f in factors) if spread < 1 else all(f > 1 for f in factors)
+
+
+def test_calibrate_spread_leaves_coverage_inside_the_tolerance_alone_and_clips_to_its_edge():
+    rng = np.random.default_rng(8)
+    model = _constant_head(rng.standard_normal((4000, 2)) * 0.02)
+    x = rng.standard_normal((3000, 6, 2)).astype(np.float32)
+    y = (rng.standard_normal((3000, 2)) * 0.02 * np.array([1.0, 0.6])).astype(np.float32)  # (n, h)
+    q = predict_quantiles(model, x)
+    cover = ((y >= q[..., 0]) & (y <= q[..., -1])).mean(axis=0)
+    assert abs(cover[0] - 0.9) < 0.02 and cover[1] > 0.99  # horizon 1 in the band, horizon 5 far above
+    factors = calibrate_spread(model, x, y, tolerance=0.03)
+    assert factors[0] == 1.0 and factors[1] < 1.0
+    q = predict_quantiles(model, x)
+    np.testing.assert_allclose(((y >= q[..., 0]) & (y <= q[..., -1])).mean(axis=0)[1], 0.93, atol=1.5 / len(y))
+    # a model saved before calibration existed (no tail_scale) loads with the intervals as trained
+    state = {k: v for k, v in model.state_dict().items() if k != "head.tail_scale"}
+    old = load_forecaster(state, 2, [1, 5], TINY)
+    assert torch.equal(old.head.tail_scale, torch.ones(2))

@@ -207,3 +207,15 @@ def test_latest_window():
         latest_window(frame.drop("f2"), w.feature_names, w.scaler, 15)
     with pytest.raises(ValueError, match="reads windows of 15"):
         latest_window(frame.head(10), w.feature_names, w.scaler, 15)
+
+
+def test_windows_ending_at_rebuilds_a_splits_inputs_with_a_given_scaler():
+    from tasks.windows import windows_ending_at
+
+    frame = feature_frame(400)
+    w = make_windows(frame, seq_len=12, horizons=[1, 5])
+    for split in (w.train, w.val, w.test):
+        x = windows_ending_at(frame, w.feature_names, w.scaler, 12, split.ends)
+        np.testing.assert_array_equal(x, split.x)  # the same inputs, bit for bit
+    with pytest.raises(ValueError, match="need rows 11..399"):
+        windows_ending_at(frame, w.feature_names, w.scaler, 12, np.array([5]))
