@@ -148,6 +148,18 @@ class PromotionConfig(_Section):
     min_skill: float = Field(0.0, description="the least mean metric a champion needs")
 
 
+class RetrainConfig(_Section):
+    """Warm starts (tasks.warmstart): a retrain starts from the symbol's champion
+    when its architecture and the bars it saw are unchanged."""
+
+    warm_start: bool = Field(False, description="start from the champion's weights where allowed (--warm-start); "
+                             "configs/nightly.yaml turns it on")
+    full_every_days: int = Field(7, ge=1, description="refit from scratch when the champion's chain of warm starts "
+                                 "began this many days of data ago or more")
+    full_weekday: int | None = Field(None, ge=0, le=6, description="also refit from scratch when the as-of date "
+                                     "falls on this weekday (0 = Monday); none: never")
+
+
 class RunConfig(_Section):
     symbols: list[str] = Field(default_factory=lambda: ["SAMPLE"], description="symbols or universe names")
     parallel: int = Field(1, ge=1)
@@ -170,4 +182,5 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)

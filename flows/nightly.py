@@ -1,9 +1,13 @@
 """Nightly retrain, then forecast: ``python -m flows.nightly`` (scheduled by ``deployments/``).
 
-``nightly_retrain`` is a training run (``flows.train.run_symbols``) whose
-per-symbol subflow, ``nightly_symbol``, trains the symbol on fresh bars
-(``train_symbol``) and then forecasts from the new model
-(``forecast_symbol``). The config is ``configs/nightly.yaml`` unless told
+``nightly_retrain`` first scores the stored forecasts that came due
+(``flows.score``), then runs a training run (``flows.train.run_symbols``)
+whose per-symbol subflow, ``nightly_symbol``, trains the symbol on fresh bars
+(``train_symbol``: warm-started from its champion where
+``retrain.warm_start`` allows, then gated) and forecasts from the symbol's
+champion, the new model if it was promoted (``forecast_symbol``). A
+``nightly-summary`` artifact counts promoted, kept, rejected, restated and
+failed symbols. The config is ``configs/nightly.yaml`` unless told
 otherwise; the parameters below override it for one run (the Prefect UI's
 run form shows them).
 """
@@ -17,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 
 from configs.load import ConfigError, load_config, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides, symbol_list
 from flows.fanout import error_text
 from flows.predict import forecast_symbol, publish_forecasts
+from flows.score import score_forecasts
 from flows.train import run_symbols, summary_table, train_symbol
 
 NIGHTLY_CONFIG = "configs/nightly.yaml"
@@ -55,7 +61,7 @@ def resolve_config_path(path: str) -> Path:
 
 @flow(name="nightly-symbol", flow_run_name="nightly-{symbol}")
 def nightly_symbol(symbol: str, config: Config, run_id: str, resume: bool = False) -> dict[str, Any]:
-    """Train one symbol, then forecast from its new model. A training failure
+    """Train one symbol, then forecast from its champion. A training failure
     raises (the parent records it); a forecast failure is kept in the outcome."""
     outcome = train_symbol(symbol, config, run_id, resume)
     state = forecast_symbol(symbol, config.data.source, config.run.results_dir, config.run.store_url,
@@ -97,15 +103,32 @@ def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None
                             results_dir=results_dir, store_url=store_url, parallel=parallel, as_of=as_of)
     log.info("config %s: symbols %s, source %s, %d epochs, results in %s", config_path, config.run.symbols,
              config.data.source, config.training.epochs, Path(config.run.results_dir).resolve())
+    scored = score_forecasts(config.run.symbols, config.data.source, config.run.results_dir, config.run.store_url,
+                             config.data.as_of, config.run.parallel)
     outcomes = run_symbols(config, nightly_symbol)
     forecasts = [row for o in outcomes for row in o.get("forecasts", [])]
     publish_forecasts(forecasts, config.run.results_dir)
+    counts = nightly_counts(outcomes)
+    create_table_artifact(key="nightly-summary", table=[counts | {"forecasts scored": scored["scored"]}],
+                          description="the night's decisions: promoted (new champion), kept (the champion stays: the "
+                                      "new model is a challenger or rejected), restated, failed")
+    log.info("nightly: %s; %d forecasts scored", ", ".join(f"{v} {k}" for k, v in counts.items()), scored["scored"])
     failures = {o["symbol"]: o["error"] for o in outcomes if o["error"]}
     if failures:
         raise NightlyError(f"{len(failures)} of {len(outcomes)} symbols failed: "
                            + "; ".join(f"{s}: {e}" for s, e in failures.items()), outcomes)
     log.info("%d symbols retrained and forecast (%d forecasts)", len(outcomes), len(forecasts))
     return outcomes
+
+
+def nightly_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
+    """Symbols promoted, kept (challenger), rejected, restated and failed."""
+    return {"promoted": sum(o.get("decision") == "champion" for o in outcomes),
+            "kept": sum(o.get("decision") == "challenger" for o in outcomes),
+            "rejected": sum(o.get("decision") == "rejected" for o in outcomes),
+            "restated": sum(bool(o.get("restated")) for o in outcomes),
+            "warm": sum(o.get("init_from") is not None for o in outcomes),
+            "failed": sum(o["status"] == "failed" for o in outcomes)}
 
 
 NIGHTLY_FLAGS = ("symbols", "source", "days", "as_of", "epochs", "results_dir", "store_url", "parallel")
@@ -131,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_table(outcomes, config.windows.horizons))
     failed = [o["symbol"] for o in outcomes if o["error"]]
     print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} symbols retrained and forecast"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
+          + (f"; failed: {', '.join(failed)}" if failed else "") + "\n"
+          + ", ".join(f"{k}: {v}" for k, v in nightly_counts(outcomes).items()))
     return 1 if failed else 0
 
 

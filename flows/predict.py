@@ -14,7 +14,10 @@ horizon: the log return and the price ``close * exp(r)``. Rows go to the
 validation, is a per-symbol failure; the others are still forecast. A symbol
 with no champion is not forecast (the error names its rejected runs) unless
 ``--fallback naive`` is given: then the random walk's forecast (the last close
-at every horizon, no interval) is stored with flag ``naive``.
+at every horizon, no interval) is stored with flag ``naive``. The symbol's
+challengers forecast too (unless ``--run`` is given): their rows are stored
+with flag ``shadow`` (not printed), so live scoring compares them with the
+champion on the same targets.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ def forecast_symbol(symbol: str, source: str | None = None, results_dir: str = "
     model), from bars dated on or before ``as_of``; raises on any failure."""
     validate_symbol(symbol)
     results = Path(results_dir).resolve()
-    cached = {"result_storage": results / "prefect"}
     with ResultsStore(results, store_url) as store:
         try:
             state, meta = steps.load_serving_model(store, symbol, run_id)
@@ -64,13 +66,30 @@ def forecast_symbol(symbol: str, source: str | None = None, results_dir: str = "
             get_run_logger().warning("%s: no champion; stored the random walk's forecast (--fallback naive)", symbol)
             steps.save_forecasts(store, rows, symbol)
             return rows
-        config = model_config(meta)
-        data = forecast_data(config, source).model_copy(update={"as_of": as_of})
-        bars = bars_as_of(steps.fetch_bars.with_options(**cached)(symbol, data, results), as_of)
-        steps.validate_bars(bars, symbol, min_forecast_bars(meta["seq_len"]))
-        frame = steps.build_features.with_options(**cached)(bars, config.features, symbol, bars_fingerprint(bars))
-        rows = steps.forecast(state, meta, frame, symbol)
-        steps.save_forecasts(store, rows, symbol)
+        rows = _forecast_with(store, state, meta, symbol, source, results, as_of)
+        if run_id is None:  # the challengers forecast too, stored as shadow forecasts beside the champion's
+            for other in registry.models(store, [symbol]):
+                if other["status"] == "challenger":
+                    _forecast_with(store, *load_model(store, model_key(symbol, other["run_id"])), symbol, source,
+                                   results, as_of, flag="shadow")
+                    get_run_logger().info("%s: shadow forecasts of challenger %s stored", symbol, other["run_id"])
+    return rows
+
+
+def _forecast_with(store: ResultsStore, state: dict, meta: dict[str, Any], symbol: str, source: str | None,
+                   results: Path, as_of: dt.date | None, flag: str | None = None) -> list[dict[str, Any]]:
+    """One model's forecasts from its own features of the bars up to ``as_of``, stored; ``flag``
+    (e.g. shadow) replaces the rows' own."""
+    config = model_config(meta)
+    data = forecast_data(config, source).model_copy(update={"as_of": as_of})
+    cached = {"result_storage": results / "prefect"}
+    bars = bars_as_of(steps.fetch_bars.with_options(**cached)(symbol, data, results), as_of)
+    steps.validate_bars(bars, symbol, min_forecast_bars(meta["seq_len"]))
+    frame = steps.build_features.with_options(**cached)(bars, config.features, symbol, bars_fingerprint(bars))
+    rows = steps.forecast(state, meta, frame, symbol)
+    if flag is not None:
+        rows = [r | {"flag": flag} for r in rows]
+    steps.save_forecasts(store, rows, symbol)
     return rows
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from configs.load import TEST_CONFIG, ConfigError, load_config
+from configs.load import TEST_CONFIG, ConfigError, load_config, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
 from flows.fanout import error_text, for_each_symbol
@@ -34,11 +34,13 @@ from tasks import registry, steps
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
 from tasks.plan import min_train_bars
 from tasks.store import ResultsStore
+from tasks.warmstart import record_restatement
 
 
 def _outcome(symbol: str, status: str, **kw: Any) -> dict[str, Any]:
     base = {"symbol": symbol, "status": status, "epochs": None, "best_val_loss": None, "no_skill": None,
-            "metrics": {}, "seconds": None, "model_path": None, "error": None, "decision": None, "reason": None}
+            "metrics": {}, "seconds": None, "model_path": None, "error": None, "decision": None, "reason": None,
+            "init_from": None, "restated": False}
     return base | kw
 
 
@@ -60,9 +62,16 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     log.info("%s: %d bars %s..%s, windows train/val/test %d/%d/%d", symbol, bars.height, bars["date"][0],
              bars["date"][-1], len(windows.train), len(windows.val), len(windows.test))
     workdir = results / "work" / symbol
-    trained = steps.train_model(windows, config, symbol, workdir, resume)
+    with ResultsStore(results, config.run.store_url) as store:
+        plan = steps.plan_retrain(store, symbol, config, bars, windows)
+        if plan.restated is not None:
+            record_restatement(store, run_id, symbol, plan.restated)
+            log.warning("%s: restated: %s; refitting from scratch", symbol, plan.restated["detail"])
+    log.info("%s: %s", symbol, plan.reason)
+    trained = steps.train_model(windows, config, symbol, workdir, resume, plan.init_state)
     evaluation, q, baselines = steps.evaluate_model(trained, config, windows, frame["close"].to_numpy(), symbol)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
+    metadata |= {"init_from": plan.init_from, "retrain": plan.reason, "restatement": plan.restated}
     plots = steps.render_plots(symbol, trained, windows, q, config.model.quantiles)
     with ResultsStore(results, config.run.store_url) as store:
         decision = steps.gate_model(store, symbol, evaluation, config, windows, frame, baselines)
@@ -74,7 +83,8 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     shutil.rmtree(workdir)  # checkpoints are only for resuming an unfinished symbol
     return _outcome(symbol, "completed", epochs=trained.epochs, best_val_loss=trained.best_val_loss,
                     no_skill=trained.no_skill, metrics={r["horizon"]: r for r in evaluation}, seconds=seconds,
-                    model_path=model, decision=decision.status, reason=decision.reason)
+                    model_path=model, decision=decision.status, reason=decision.reason, init_from=plan.init_from,
+                    restated=plan.restated is not None)
 
 
 def finished_earlier(store: ResultsStore, symbols: list[str], config: Config) -> dict[str, dict[str, Any]]:
@@ -186,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", action="store_true", help="the quickstart config (configs/test.yaml)")
     p.add_argument("--config", type=Path, help="YAML config file (default configs/default.yaml)")
     add_flags(p, *TRAIN_FLAGS)
+    p.add_argument("--warm-start", dest="warm_start", action="store_true", default=None,
+                   help="start each symbol from its champion's weights where the architecture and the bars it saw "
+                        "are unchanged (retrain.warm_start; full refits per retrain.full_every_days)")
     p.add_argument("--resume", action="store_true",
                    help="keep symbols already trained with this config; continue interrupted ones from last.ckpt")
     args = p.parse_args(argv)
@@ -197,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_config(TEST_CONFIG if args.test else args.config, flag_overrides(args, *TRAIN_FLAGS))
+        config = load_config(TEST_CONFIG if args.test else args.config,
+                             flag_overrides(args, *TRAIN_FLAGS) | named_overrides(warm_start=args.warm_start))
         check_run(config)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select, update
 
-from tasks.store import ResultsStore
-from tasks.store.tables import EVALUATIONS, MODELS
+from tasks.store import EVALUATIONS, MODELS, ResultsStore
 
 STATUSES = ("champion", "challenger", "rejected", "retired")
 

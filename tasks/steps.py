@@ -54,6 +54,7 @@ from tasks.store import ResultsStore, load_model, model_key, package_versions, s
 from tasks.train import TrainResult
 from tasks.train import train_model as _train_model
 from tasks.validate import QualityReport, validate_bars as _validate_bars
+from tasks.warmstart import BARS_FILE, RetrainPlan, bars_bytes, plan_retrain as _plan_retrain
 from tasks.windows import Windows, make_windows as _make_windows
 
 
@@ -138,10 +139,18 @@ def make_windows(frame: pl.DataFrame, cfg: WindowConfig, symbol: str) -> Windows
     return _make_windows(frame, cfg=cfg, symbol=symbol)
 
 
+@task(name="plan_retrain", task_run_name="plan-{symbol}", cache_policy=NO_CACHE)
+def plan_retrain(store: ResultsStore, symbol: str, config: Config, bars: pl.DataFrame,
+                 windows: Windows) -> RetrainPlan:
+    """Warm start from the champion or refit from scratch, and why (``tasks.warmstart``)."""
+    return _plan_retrain(store, symbol, config, bars, list(windows.feature_names), windows.seq_len)
+
+
 @task(name="train_model", task_run_name="train-{symbol}", cache_policy=NO_CACHE)
-def train_model(windows: Windows, config: Config, symbol: str, workdir: Path, resume: bool = False) -> TrainResult:
+def train_model(windows: Windows, config: Config, symbol: str, workdir: Path, resume: bool = False,
+                init_state: dict | None = None) -> TrainResult:
     return _train_model(windows, config.model, config.training, config.augment, workdir,
-                        resume=resume, threads=trainer_threads(config))
+                        resume=resume, threads=trainer_threads(config), init_state=init_state)
 
 
 @task(name="evaluate_model", task_run_name="evaluate-{symbol}", cache_policy=NO_CACHE)
@@ -248,8 +257,9 @@ def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult
     every reader sees all of them or none. Returns the model's key,
     ``store:SYMBOL/RUN_ID``."""
     with store.transaction():
-        key = save_trained_model(
-            store, symbol, run_id, trained.state_dict, metadata, plots, trained.epoch_metrics, evaluation,
+        key = save_trained_model(  # with the bars it trained on, for the next run's restatement check
+            store, symbol, run_id, trained.state_dict, metadata, plots | {BARS_FILE: bars_bytes(bars)},
+            trained.epoch_metrics, evaluation,
             rows=rows, windows=sum(metadata["windows"].values()), parameters=trained.parameters,
             epochs=trained.epochs, best_val_loss=trained.best_val_loss, no_skill=trained.no_skill, seconds=seconds,
             data_fingerprint=metadata["data_fingerprint"])

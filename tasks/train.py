@@ -206,12 +206,18 @@ def train_model(
     resume: bool = False,
     threads: int = 1,
     callbacks: list[Callback] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Fit on ``windows.train``, early-stop on ``windows.val``; return the best weights.
 
     ``workdir`` holds ``last.ckpt``, ``best.safetensors`` and the CSV log while
     the symbol trains. With ``resume`` and a ``last.ckpt`` there, training
     continues from it; otherwise the folder is cleared first.
+
+    ``init_state`` (a warm start, ``tasks.warmstart``): the weights to start
+    from, a champion's of the same architecture; they, not the untrained
+    baseline head, are the score to beat on this validation split, and
+    ``no_skill`` still means "no better than the untrained baseline head".
     """
     workdir = Path(workdir)
     last = workdir / "checkpoints" / "last.ckpt"
@@ -238,8 +244,21 @@ def train_model(
     stop = EarlyStopping(monitor="val_loss", patience=training.patience, mode="min")
     if ckpt_path is None:  # the baseline head is the score to beat (a resume restores it)
         baseline = loss_of(module, windows.val.x, windows.val.y)
-        best.seed(module.model, baseline)
-        stop.best_score = torch.tensor(baseline)
+        if init_state is None:
+            best.seed(module.model, baseline)
+        else:  # warm start: training starts from the champion's weights
+            untrained = {k: v.clone() for k, v in module.model.state_dict().items()}
+            module.model.load_state_dict(init_state, strict=True)
+            start = loss_of(module, windows.val.x, windows.val.y)
+            scale = module.model.output_scale.numpy().copy()  # the champion's, which its weights fit
+            if start <= baseline:  # the champion is the score to beat
+                best.seed(module.model, start)
+            else:  # the untrained head beats the champion on this validation split: it is saved first
+                module.model.load_state_dict(untrained, strict=True)
+                best.seed(module.model, baseline)
+                module.model.load_state_dict(init_state, strict=True)
+            best.baseline = baseline
+        stop.best_score = torch.tensor(best.best)
     collate = AugmentCollate(augment, training.seed) if augment.rate > 0 else None
     trainer = L.Trainer(
         max_epochs=training.epochs,
@@ -291,7 +310,7 @@ def train_model(
         epoch_metrics=list(best.rows),
         resumed_from_epoch=best.restored_epochs if ckpt_path else None,
         baseline_val_loss=best.baseline,
-        no_skill=best.best_epoch < 0,
+        no_skill=best.best >= best.baseline,  # nothing saved beats the untrained baseline head
         zero_median_horizons=zeroed,
         baseline_head_horizons=reverted,
     )

@@ -14,17 +14,19 @@ layout, not the API.
 """
 
 from tasks.store.db import RUN_STATUSES, SYMBOL_STATUSES, ResultsStore, to_json
+from tasks.store.db import _upsert as upsert
 from tasks.store.engine import StoreConnectionError, check_store
 from tasks.store.model_files import (
     METADATA_FILE, WEIGHTS_FILE, ModelFileError, export_model, load_model, model_key, read_model_files,
     package_versions, save_model, save_trained_model,
 )
 from tasks.store.tables import (
-    BACKTESTS, EPOCH_METRICS, EVALUATIONS, MODEL_FILES, PREDICTIONS, RUNS, SCHEMA, SYMBOL_RUNS,
+    BACKTESTS, EPOCH_METRICS, EVALUATIONS, EVENTS, MODEL_FILES, MODELS, PREDICTIONS, RUNS, SCHEMA, SCORES, SYMBOL_RUNS,
 )
 
 __all__ = [
-    "BACKTESTS", "EPOCH_METRICS", "EVALUATIONS", "METADATA_FILE", "MODEL_FILES", "PREDICTIONS", "RUNS", "RUN_STATUSES",
+    "BACKTESTS", "EPOCH_METRICS", "EVALUATIONS", "EVENTS", "METADATA_FILE", "MODEL_FILES", "MODELS", "PREDICTIONS",
+    "RUNS", "RUN_STATUSES", "SCORES", "upsert",
     "SCHEMA", "SYMBOL_RUNS", "SYMBOL_STATUSES", "WEIGHTS_FILE", "ModelFileError", "ResultsStore",
     "StoreConnectionError", "check_store", "export_model", "load_model", "model_key", "read_model_files",
     "package_versions", "save_model", "save_trained_model", "to_json",

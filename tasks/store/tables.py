@@ -103,6 +103,33 @@ MODELS = Table(
     Column("promoted_at", _ts),
     Column("init_from", String(64)),  # warm start: the champion run it started from
 )
+SCORES = Table(
+    # A stored forecast scored once its target date has arrived (flows.score):
+    # one row per predictions row, same key.
+    "scores", SCHEMA,
+    Column("model_run_id", String(64), primary_key=True),
+    Column("symbol", String, primary_key=True),
+    Column("as_of", Date, primary_key=True),
+    Column("horizon", Integer, primary_key=True),
+    Column("target_date", Date, nullable=False),
+    Column("realised_return", Float, nullable=False),  # ln(close[target_date] / close[as_of]) from the bars
+    Column("error", Float, nullable=False),            # predicted_return - realised_return
+    Column("rw_error", Float, nullable=False),         # the random walk's: 0 - realised_return
+    Column("inside", Boolean),                         # realised inside the stored interval; None: no interval
+    Column("scored_at", _ts, nullable=False),
+)
+EVENTS = Table(
+    # Things a run noticed about a symbol's data: "restated" (bars the champion
+    # trained on changed since), with the first differing date and the size.
+    "events", SCHEMA,
+    Column("run_id", String(64), primary_key=True),
+    Column("symbol", String, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("first_date", Date),
+    Column("size", Float),  # largest relative change of a close, |new / old - 1|
+    Column("detail", Text, nullable=False),
+    Column("created_at", _ts, nullable=False),
+)
 BACKTESTS = Table(
     "backtests", SCHEMA,
     Column("backtest_id", String(64), primary_key=True),

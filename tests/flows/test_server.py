@@ -226,7 +226,8 @@ def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(serve
 
     # one nightly-symbol subflow per symbol, each training then forecasting as subflows, all completed
     assert sorted(name for name, _ in tree.values()) == sorted(
-        ["nightly-retrain"] + ["nightly-symbol", "train-symbol", "forecast-symbol"] * len(SYMBOLS))
+        ["nightly-retrain", "score-forecasts"]
+        + ["nightly-symbol", "train-symbol", "forecast-symbol"] * len(SYMBOLS))
     assert all(fr.state.type == StateType.COMPLETED for _, fr in tree.values())
 
     artifacts = {a.key: a for a in client.read_artifacts() if a.key and a.flow_run_id in tree}

@@ -39,7 +39,7 @@ def test_a_model_trained_on_machine_a_forecasts_on_machine_b_from_an_empty_direc
     with ResultsStore(dir_b, postgres_url) as store:
         models = {s: store.latest_model(s) for s in ("AAA", "BBB")}
         assert all(sorted(read_model_files(store, m)) == [
-            "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
+            "bars.parquet", "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
             for m in models.values())
 
     from_a = _forecasts(predict_universe(["AAA", "BBB"], results_dir=str(dir_a), store_url=postgres_url))

@@ -72,7 +72,7 @@ def test_flow_trains_two_symbols_and_fills_the_store(tmp_path):
             # the store holds the safetensors model and its plots, nothing pickled
             files = read_model_files(store, r["model_path"])
             assert sorted(files) == [
-                "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
+                "bars.parquet", "forecast_vs_actual.png", "learning_curve.png", "metadata.json", "weights.safetensors"]
             for png in ("learning_curve.png", "forecast_vs_actual.png"):
                 assert files[png][:8] == b"\x89PNG\r\n\x1a\n"
                 # the Prefect artifact shows the very bytes that were stored

@@ -15,7 +15,7 @@ from tasks.forecast import load_forecaster, predict_quantiles, predict_windows
 from tasks.sources import load_bars
 from tasks.head import (calibrate_spread, gate_head, gate_median, hac_tstat, init_head, spread_from_residuals,
                         spread_init)
-from tasks.train import EpochSampler, target_scale, train_model
+from tasks.train import EpochSampler, build_module, target_scale, train_model
 from tasks.windows import Scaler, Split, Windows
 from tasks.windows import make_windows as windows_of
 
@@ -316,3 +316,32 @@ def test_calibrate_spread_leaves_coverage_inside_the_tolerance_alone_and_clips_t
     state = {k: v for k, v in model.state_dict().items() if k != "head.tail_scale"}
     old = load_forecaster(state, 2, [1, 5], TINY)
     assert torch.equal(old.head.tail_scale, torch.ones(2))
+
+
+def test_warm_start_begins_at_the_champions_weights_and_loss(tmp_path):
+    """The first training step's loss is the champion's loss on the same batch
+    (dropout 0, so train and eval modes agree), and a champion no epoch beats
+    is returned unchanged, not flagged no_skill when it beats the untrained head."""
+    rng = np.random.default_rng(11)
+    windows = make_windows(rng, 512, 128, signal=[0.01, 0.05])
+    model = ModelConfig(d_model=8, n_layers=1, d_state=4, dropout=0.0)
+    training = TrainingConfig(epochs=4, patience=4, batch_size=32, lr=1e-2, seed=0)
+    champion = train_model(windows, model, training, AugmentConfig(), tmp_path / "a").state_dict
+
+    class FirstStep(Callback):
+        seen: list = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == 0:
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+                self.seen.append((batch, float(loss)))
+
+    step = FirstStep()
+    warm = train_model(windows, model, training.model_copy(update={"seed": 1}), AugmentConfig(), tmp_path / "b",
+                       init_state=champion, callbacks=[step])
+    (x, y), loss = step.seen[0]
+    ref = build_module(3, [1, 5], model, training)
+    ref.model.load_state_dict(champion)
+    with torch.no_grad():
+        assert float(ref._loss(ref.model(x), y)) == pytest.approx(loss, rel=1e-6)
+    assert not warm.no_skill and warm.baseline_val_loss > warm.best_val_loss

@@ -28,7 +28,8 @@ def test_default_url_is_sqlite_in_results_dir_with_wal(tmp_path):
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 60000
         assert set(sa.inspect(s.engine).get_table_names()) == {
-            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions", "model_files", "backtests", "models"}
+            "runs", "symbol_runs", "epoch_metrics", "evaluations", "predictions", "model_files", "backtests", "models",
+            "scores", "events"}
 
 
 def test_any_url_is_used_and_shown_without_password(tmp_path):
@@ -281,7 +282,7 @@ def test_the_tables_on_a_real_postgresql(postgres_url, tmp_path):
         (t, c): "timestamp with time zone" for t, c in [
             ("runs", "started_at"), ("runs", "finished_at"), ("symbol_runs", "started_at"),
             ("symbol_runs", "finished_at"), ("predictions", "created_at"), ("models", "created_at"),
-            ("models", "promoted_at")]}
+            ("models", "promoted_at"), ("scores", "scored_at"), ("events", "created_at")]}
     assert {types[("epoch_metrics", c)] for c in ("train_loss", "val_loss", "lr")} == {"double precision"}
     assert {types[("evaluations", k)] for k in EVALUATION_KEYS[2:]} == {"double precision"}
     assert types[("model_files", "content")] == "bytea" and types[("model_files", "size")] == "integer"
@@ -289,7 +290,8 @@ def test_the_tables_on_a_real_postgresql(postgres_url, tmp_path):
                     "epoch_metrics": ["run_id", "symbol", "epoch"], "evaluations": ["run_id", "symbol", "horizon"],
                     "predictions": ["model_run_id", "symbol", "as_of", "horizon"],
                     "model_files": ["run_id", "symbol", "name"],
-                    "backtests": ["backtest_id", "symbol", "fold", "horizon"], "models": ["symbol", "run_id"]}
+                    "backtests": ["backtest_id", "symbol", "fold", "horizon"], "models": ["symbol", "run_id"],
+                    "scores": ["model_run_id", "symbol", "as_of", "horizon"], "events": ["run_id", "symbol", "kind"]}
     for t in ("symbol_runs", "epoch_metrics", "evaluations", "model_files", "models"):
         assert references[t] == {(("run_id",), "runs")}, t
 
