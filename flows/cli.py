@@ -71,5 +71,26 @@ def check_run(config: Config) -> list[str]:
     check_calendar(config.data.calendar)
     feature_names(config.features)
     symbols = resolve_symbols(config.run.symbols)
+    check_as_of(config, symbols)
     check_store(config.run.store_url)  # last: it may wait for a server (connect_timeout)
     return symbols
+
+
+def check_as_of(config: Config, symbols: list[str]) -> None:
+    """``data.as_of`` before a symbol's first bar is a mistake about the whole
+    run: ValueError naming the symbol and its first bar. Checked on the
+    offline sources (sample, synthetic, files:); for yfinance the fetch says
+    it per symbol. A symbol the source does not have is left to its own run."""
+    from tasks.sources import SourceError, load_bars
+
+    as_of, source = config.data.as_of, config.data.source
+    if as_of is None or source == "yfinance":
+        return
+    for symbol in symbols:
+        try:
+            first = load_bars(symbol, source, seed=config.data.seed)["date"][0]
+        except (SourceError, ValueError):
+            continue
+        if as_of < first:
+            raise ValueError(f"{symbol}: --as-of {as_of} is before its first bar {first} in source {source!r}; "
+                             f"give a date on or after {first}")

@@ -56,3 +56,16 @@ def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int, kwargs: di
 
 def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def split_outcomes(outcomes: dict[str, Any], log: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """``for_each_symbol``'s outcomes as (results, failures): {symbol: result}
+    and {symbol: error text}, each failure logged as an error."""
+    results, failures = {}, {}
+    for symbol, result in outcomes.items():
+        if isinstance(result, BaseException):
+            failures[symbol] = error_text(result)
+            log.error("%s: %s", symbol, failures[symbol])
+        else:
+            results[symbol] = result
+    return results, failures

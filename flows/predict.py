@@ -35,7 +35,7 @@ from prefect.artifacts import create_table_artifact
 from configs.load import ConfigError, apply_overrides, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
-from flows.fanout import error_text, for_each_symbol
+from flows.fanout import for_each_symbol, split_outcomes
 from flows.report import text_table
 from tasks import registry, steps
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
@@ -131,14 +131,8 @@ def predict_universe(symbols: list[str], source: str | None = None, results_dir:
     outcomes = for_each_symbol(forecast_symbol, names, parallel,
                                {"source": source, "results_dir": results_dir, "store_url": store_url,
                                 "run_id": run_id, "fallback": fallback, "as_of": as_of})
-    rows: list[dict[str, Any]] = []
-    failures: dict[str, str] = {}
-    for symbol, result in outcomes.items():
-        if isinstance(result, BaseException):
-            failures[symbol] = error_text(result)
-            log.error("%s: %s", symbol, failures[symbol])
-        else:
-            rows.extend(result)
+    results, failures = split_outcomes(outcomes, log)
+    rows = [row for result in results.values() for row in result]
     publish_forecasts(rows, results_dir)
     return {"predictions": rows, "failures": failures}
 

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from configs.load import ConfigError, apply_overrides, named_overrides, resolve_symbols
 from configs.schema import Config, DataConfig
 from flows.cli import add_flags, check_run, flag_overrides
-from flows.fanout import error_text, for_each_symbol
+from flows.fanout import for_each_symbol, split_outcomes
 from tasks import registry, scoring, steps
 from tasks.bars import bars_as_of, validate_symbol
 from tasks.forecast import forecast_data, model_config
@@ -77,13 +77,8 @@ def score_forecasts(symbols: list[str] | None = None, source: str | None = None,
     todo = sorted({p["symbol"] for p in due})
     outcomes = for_each_symbol(score_symbol, todo, parallel, {"as_of": day, "source": source,
                                                              "results_dir": results_dir, "store_url": store_url})
-    done, failures = [], {}
-    for symbol, result in outcomes.items():
-        if isinstance(result, BaseException):
-            failures[symbol] = error_text(result)
-            log.error("%s: %s", symbol, failures[symbol])
-        else:
-            done.append(result)
+    results, failures = split_outcomes(outcomes, log)
+    done = list(results.values())
     n = sum(r["scored"] for r in done)
     log.info("scored %d of %d forecasts due by %s (%d symbols); %d wait for their target bar", n, len(due), day,
              len(todo), sum(r["due"] - r["scored"] for r in done))

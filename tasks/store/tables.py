@@ -107,11 +107,9 @@ SCORES = Table(
     # A stored forecast scored once its target date has arrived (flows.score):
     # one row per predictions row, same key.
     "scores", SCHEMA,
-    Column("model_run_id", String(64), primary_key=True),
-    Column("symbol", String, primary_key=True),
-    Column("as_of", Date, primary_key=True),
-    Column("horizon", Integer, primary_key=True),
-    Column("target_date", Date, nullable=False),
+    # model_run_id, symbol, as_of, horizon (the key), target_date: as in predictions
+    *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable) for c in PREDICTIONS.columns
+      if c.primary_key or c.name == "target_date"),
     Column("realised_return", Float, nullable=False),  # ln(close[target_date] / close[as_of]) from the bars
     Column("error", Float, nullable=False),            # predicted_return - realised_return
     Column("rw_error", Float, nullable=False),         # the random walk's: 0 - realised_return

@@ -66,6 +66,9 @@ def test_as_of_in_the_future_or_malformed_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         train_main(["--symbols", "AAA", "--as-of", "June 1"])
     assert exc.value.code == 2
+    assert train_main(["--symbols", "AAPL", "--source", "sample", "--as-of", "1990-01-02",
+                       "--results", str(tmp_path)]) == 2
+    assert "AAPL: --as-of 1990-01-02 is before its first bar 2000-03-01" in capsys.readouterr().err
     assert not (tmp_path / "store.db").exists()
 
 
