@@ -72,6 +72,8 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     evaluation, q, baselines = steps.evaluate_model(trained, config, windows, frame["close"].to_numpy(), symbol)
     metadata = steps.build_metadata(symbol, run_id, config, windows, trained, evaluation, report, fingerprint)
     metadata |= {"init_from": plan.init_from, "retrain": plan.reason, "restatement": plan.restated}
+    if plan.restated is not None:  # the quality report says so too
+        metadata["quality"] = metadata["quality"] | {"restatement": plan.restated}
     plots = steps.render_plots(symbol, trained, windows, q, config.model.quantiles)
     with ResultsStore(results, config.run.store_url) as store:
         decision = steps.gate_model(store, symbol, evaluation, config, windows, frame, baselines)

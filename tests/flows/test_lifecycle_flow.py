@@ -56,6 +56,9 @@ def test_warm_start_restatement_and_scoring_over_three_nights(tmp_path):
         events = store.read(select(EVENTS))
     assert len(events) == 1 and events[0]["kind"] == "restated"
     assert events[0]["first_date"] == days[300] and events[0]["size"] == pytest.approx(0.03, rel=1e-9)
+    with ResultsStore(results) as store:
+        quality = load_model(store, third["model_path"])[1]["quality"]
+    assert quality["restatement"]["first_date"] == str(days[300])
 
     # score as of the last bar: the 1-day forecasts of the first two nights are due
     out = score_forecasts(["AAA"], results_dir=str(results), as_of=days[463])
