@@ -1,4 +1,4 @@
-"""The model registry from the command line: ``python -m flows.models list|show|promote|rollback``.
+"""The model registry from the command line: ``python -m flows.models list|show|promote|rollback|scoreboard``.
 
     list [--symbols ...]        each symbol's champion and how many models it has
     show SYMBOL                 the symbol's models, oldest first: status, the gate's
