@@ -141,7 +141,8 @@ def publish_forecasts(rows: list[dict[str, Any]], results_dir: str) -> None:
     """The ``forecasts`` table artifact of a run (none when nothing was forecast)."""
     if rows:
         create_table_artifact(
-            key="forecasts", description=f"forecasts from the latest models in {Path(results_dir).resolve()}",
+            key="forecasts",
+            description=f"forecasts from the champions (or the --run model) in {Path(results_dir).resolve()}",
             table=[{k: str(v) if isinstance(v, dt.date) else v for k, v in r.items()} for r in rows])
 
 
