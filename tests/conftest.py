@@ -10,6 +10,7 @@ schema of its own, dropped afterwards, so tests never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import warnings
@@ -31,24 +32,31 @@ class Postgres:
     pgdata: Path | None   # pgserver's data directory (None for a server of yours)
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory) -> Iterator[Postgres]:
-    given = os.environ.get("MAMBAFLOW_TEST_POSTGRES_URL")
-    if given:
-        yield Postgres(sa.make_url(given), None)
-        return
+@contextlib.contextmanager
+def _throwaway_server(pgdata: Path) -> Iterator[Postgres]:
+    """A private PostgreSQL server from the ``pgserver`` wheel in ``pgdata``, stopped on exit."""
     with warnings.catch_warnings():
         # pgserver keeps a lock file in the user's runtime directory; without
         # XDG_RUNTIME_DIR (CI, containers) platformdirs warns and uses /tmp: fine
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
         import pgserver  # the dev extra
 
-        server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
     try:
         url = sa.make_url(server.get_uri()).set(drivername="postgresql+psycopg")
         yield Postgres(url, Path(server.pgdata))
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory) -> Iterator[Postgres]:
+    given = os.environ.get("MAMBAFLOW_TEST_POSTGRES_URL")
+    if given:
+        yield Postgres(sa.make_url(given), None)
+        return
+    with _throwaway_server(tmp_path_factory.mktemp("pgdata")) as server:
+        yield server
 
 
 def _admin(postgres: Postgres) -> sa.Engine:
@@ -77,24 +85,29 @@ PASSWORD_ROLE = "mambaflow_pw"
 
 
 @pytest.fixture(scope="session")
-def postgres_wrong_password_url(postgres) -> str:
-    """A URL for the test server whose password the server refuses.
+def postgres_wrong_password_url(postgres, tmp_path_factory) -> Iterator[str]:
+    """A URL for a test server whose password the server refuses.
 
     On pgserver's server (which trusts every local connection) a role with a
     password is made and pg_hba.conf asks that role for it (scram-sha-256).
-    On a server of yours, the given URL with its password replaced."""
-    if postgres.pgdata is None:
-        wrong = postgres.url.set(password="not-the-password")
-        try:
-            sa.create_engine(wrong, poolclass=sa.NullPool).connect().close()
-        except sa.exc.OperationalError:
-            return wrong.render_as_string(hide_password=False)
-        pytest.skip(f"{wrong!r}: the server of MAMBAFLOW_TEST_POSTGRES_URL accepts any password (trust)")
-    admin = _admin(postgres)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'the-password'")
-        hba = postgres.pgdata / "pg_hba.conf"
-        hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n" + hba.read_text())  # first match wins
-        conn.exec_driver_sql("SELECT pg_reload_conf()")
-    admin.dispose()
-    return postgres.url.set(username=PASSWORD_ROLE, password="not-the-password").render_as_string(hide_password=False)
+    On a server of yours, the given URL with its password replaced; if that
+    server trusts every connection (it cannot refuse a password), a private
+    pgserver server is started for this check instead."""
+    with contextlib.ExitStack() as stack:
+        server = postgres
+        if postgres.pgdata is None:
+            wrong = postgres.url.set(password="not-the-password")
+            try:
+                sa.create_engine(wrong, poolclass=sa.NullPool).connect().close()
+            except sa.exc.OperationalError:
+                yield wrong.render_as_string(hide_password=False)
+                return
+            server = stack.enter_context(_throwaway_server(tmp_path_factory.mktemp("pgdata-password")))
+        admin = _admin(server)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'the-password'")
+            hba = server.pgdata / "pg_hba.conf"
+            hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n" + hba.read_text())  # first match wins
+            conn.exec_driver_sql("SELECT pg_reload_conf()")
+        admin.dispose()
+        yield server.url.set(username=PASSWORD_ROLE, password="not-the-password").render_as_string(hide_password=False)
