@@ -58,7 +58,7 @@ def cli(*args: str) -> float:
 
 def latest_metrics(results: Path, symbols: list[str]) -> dict[str, float]:
     """Means over symbols and horizons for each symbol's newest model; warm = how many were warm-started."""
-    skill, garch, cover, warm = [], [], [], 0
+    skill, garch, cover, garch_cover, warm = [], [], [], [], 0
     with ResultsStore(results) as store:
         for s in symbols:
             row = registry.models(store, [s])[-1]
@@ -66,14 +66,15 @@ def latest_metrics(results: Path, symbols: list[str]) -> dict[str, float]:
             skill.append(registry.mean_metric(ev, "skill_zero"))
             garch.append(registry.mean_metric(ev, "pinball_skill_garch"))
             cover.append(registry.mean_metric(ev, "coverage"))
+            garch_cover.append(registry.mean_metric(ev, "garch_coverage"))
             warm += row["init_from"] is not None
     return {"skill": statistics.mean(skill), "vs garch": statistics.mean(garch), "cover": statistics.mean(cover),
-            "warm": warm}
+            "garch cover": statistics.mean(garch_cover), "warm": warm}
 
 
 def line(name: str, seconds: float, m: dict[str, float]) -> str:
     return (f"{name:<34} {seconds:7.1f} s   skill {m['skill']:+.4f}   vs garch {m['vs garch']:+.4f}   "
-            f"cover {m['cover']:.3f}   warm-started {m['warm']}")
+            f"cover {m['cover']:.3f} (garch {m['garch cover']:.3f})   warm-started {m['warm']}")
 
 
 def compare(symbols: str, source: str, first: str, nights: list[str], root: Path, extra: list[str]) -> None:

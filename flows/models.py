@@ -61,7 +61,8 @@ def show_table(store: ResultsStore, symbol: str) -> list[dict[str, str]]:
             "test": f"{r['test_start']}..{r['test_end']}", "status": r["status"],
             "score": _f(r["score"]), "skill": _f(registry.mean_metric(ev, "skill_zero")),
             "vs garch": _f(registry.mean_metric(ev, "pinball_skill_garch")),
-            "cover": _f(registry.mean_metric(ev, "coverage"), ".3f"), "warm from": r["init_from"] or "",
+            "cover": _f(registry.mean_metric(ev, "coverage"), ".3f"),
+            "garch cover": _f(registry.mean_metric(ev, "garch_coverage"), ".3f"), "warm from": r["init_from"] or "",
             "reason": r["reason"]})
     return out
 

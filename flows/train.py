@@ -63,7 +63,8 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
              bars["date"][-1], len(windows.train), len(windows.val), len(windows.test))
     workdir = results / "work" / symbol
     with ResultsStore(results, config.run.store_url) as store:
-        plan = steps.plan_retrain(store, symbol, config, bars, windows)
+        champ = registry.load_champion(store, symbol)  # read once: for the warm start and the gate
+        plan = steps.plan_retrain(champ, symbol, config, bars, windows)
         if plan.restated is not None:
             record_restatement(store, run_id, symbol, plan.restated)
             log.warning("%s: restated: %s; refitting from scratch", symbol, plan.restated["detail"])
@@ -76,7 +77,7 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
         metadata["quality"] = metadata["quality"] | {"restatement": plan.restated}
     plots = steps.render_plots(symbol, trained, windows, q, config.model.quantiles)
     with ResultsStore(results, config.run.store_url) as store:
-        decision = steps.gate_model(store, symbol, evaluation, config, windows, frame, baselines)
+        decision = steps.gate_model(champ, symbol, evaluation, config, windows, frame, baselines)
         seconds = time.perf_counter() - t0
         model = steps.save_run(store, symbol, run_id, trained, metadata, evaluation, plots, bars.height, seconds,
                                decision, bars, config.promotion.metric)
@@ -159,7 +160,8 @@ def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[di
     """One row per symbol, at the shortest and the longest horizon, on the test
     split: ``skill`` = 1 - MAE / MAE(random walk) of the median; ``vs garch`` =
     1 - pinball / pinball(GARCH(1,1) quantiles); ``cover`` = share of targets
-    inside the central interval (0.05-0.95 by default: 0.90 is calibrated);
+    inside the central interval (0.05-0.95 by default: 0.90 is calibrated), the
+    model's / GARCH(1,1)'s;
     ``status`` = the promotion gate's decision (champion, challenger,
     rejected), or failed."""
     ends = sorted({min(horizons), max(horizons)})
@@ -177,7 +179,9 @@ def summary_rows(outcomes: list[dict[str, Any]], horizons: list[int]) -> list[di
             "epochs": "" if o["epochs"] is None else str(o["epochs"]),
             **{f"skill h{h}": cell(o, h, "skill_zero", "+.3f") for h in ends},
             **{f"vs garch h{h}": cell(o, h, "pinball_skill_garch", "+.3f") for h in ends},
-            **{f"cover h{h}": cell(o, h, "coverage", ".2f") for h in ends},
+            # the model's coverage / GARCH(1,1)'s, the baseline interval, on the same windows
+            **{f"cover h{h}": "/".join(filter(None, (cell(o, h, "coverage", ".2f"),
+                                                     cell(o, h, "garch_coverage", ".2f")))) for h in ends},
             "seconds": "" if o["seconds"] is None else f"{o['seconds']:.1f}",
             "note": "no skill: baseline head" if o["no_skill"] else "",
             "error": (o["error"] or "")[:200],

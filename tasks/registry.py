@@ -24,13 +24,21 @@ both record their reason. Nothing here trains or forecasts.
 from __future__ import annotations
 
 import datetime as dt
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import polars as pl
+import torch
 from sqlalchemy import select, update
 
-from tasks.store import EVALUATIONS, MODELS, ResultsStore
+from tasks.evaluate import evaluate_quantile_forecasts
+from tasks.forecast import load_forecaster, model_config, predict_quantiles
+from tasks.store import EVALUATIONS, MODELS, ResultsStore, decode_model, model_key, read_model_files
+from tasks.windows import Scaler, windows_ending_at
+
+BARS_FILE = "bars.parquet"  # the bars a model trained on, kept with it for tasks.warmstart's restatement check
 
 STATUSES = ("champion", "challenger", "rejected", "retired")
 
@@ -81,13 +89,39 @@ def decide(score: float, metric: str, min_skill: float, champion: dict[str, Any]
     return Decision("challenger", f"{passed} but < {versus}", score)
 
 
-def champion_saw(champion_meta: dict[str, Any], test_start: dt.date) -> bool:
-    """Whether the champion's training or validation targets reach into test
-    windows starting at ``test_start``: its own test split starts after it
-    (with the embargo, its training and validation targets end before its own
-    test split's first window)."""
-    own = champion_meta.get("splits", {}).get("test")
-    return own is None or dt.date.fromisoformat(str(own[0])) > test_start
+def champion_saw(champion_row: dict[str, Any], test_start: dt.date) -> bool:
+    """Whether the champion (its registry row) trained or validated on targets
+    in test windows starting at ``test_start``: its own test split starts after
+    it (with the embargo, its training and validation targets end before its
+    own test split's first window)."""
+    return champion_row["test_start"] > test_start
+
+
+@dataclass(frozen=True)
+class Champion:
+    """A symbol's champion, read from the store once per training run: what the
+    warm start (tasks.warmstart) and the gate need."""
+    row: dict[str, Any]                  # its registry row
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    bars: pl.DataFrame | None            # the bars it trained on (None: saved before they were kept)
+    lineage_start: dt.date               # last bar of the full fit its chain of warm starts began with
+
+
+def load_champion(store: ResultsStore, symbol: str) -> Champion | None:
+    """``symbol``'s champion with its files (one read), or None."""
+    rows = {r["run_id"]: r for r in models(store, [symbol])}
+    champ = next((r for r in rows.values() if r["status"] == "champion"), None)
+    if champ is None:
+        return None
+    key = model_key(symbol, champ["run_id"])
+    files = read_model_files(store, key)
+    state, meta = decode_model(key, files)
+    bars = pl.read_parquet(io.BytesIO(files[BARS_FILE])) if BARS_FILE in files else None
+    start = champ
+    while start.get("init_from") in rows:
+        start = rows[start["init_from"]]
+    return Champion(champ, state, meta, bars, start["data_end"])
 
 
 # ------------------------------------------------------------------ the models table
@@ -190,10 +224,6 @@ def champion_on_windows(state: dict, meta: dict[str, Any], frame: Any, windows: 
     with the champion's own training scaler), with the same ``baselines``.
     None when it cannot read them: other horizons or quantile levels, or a
     feature the frame lacks."""
-    from tasks.evaluate import evaluate_quantile_forecasts
-    from tasks.forecast import load_forecaster, model_config, predict_quantiles
-    from tasks.windows import Scaler, windows_ending_at
-
     names, l = meta["feature_names"], int(meta["seq_len"])
     if (list(meta["horizons"]) != list(windows.horizons) or list(meta["quantiles"]) != list(quantiles)
             or any(n not in frame.columns for n in names) or int(windows.test.ends[0]) < l - 1):

@@ -54,7 +54,7 @@ from tasks.store import ResultsStore, load_model, model_key, package_versions, s
 from tasks.train import TrainResult
 from tasks.train import train_model as _train_model
 from tasks.validate import QualityReport, validate_bars as _validate_bars
-from tasks.warmstart import BARS_FILE, RetrainPlan, bars_bytes, plan_retrain as _plan_retrain
+from tasks.warmstart import RetrainPlan, bars_bytes, plan_retrain as _plan_retrain
 from tasks.windows import Windows, make_windows as _make_windows
 
 
@@ -140,10 +140,10 @@ def make_windows(frame: pl.DataFrame, cfg: WindowConfig, symbol: str) -> Windows
 
 
 @task(name="plan_retrain", task_run_name="plan-{symbol}", cache_policy=NO_CACHE)
-def plan_retrain(store: ResultsStore, symbol: str, config: Config, bars: pl.DataFrame,
+def plan_retrain(champ: registry.Champion | None, symbol: str, config: Config, bars: pl.DataFrame,
                  windows: Windows) -> RetrainPlan:
     """Warm start from the champion or refit from scratch, and why (``tasks.warmstart``)."""
-    return _plan_retrain(store, symbol, config, bars, list(windows.feature_names), windows.seq_len)
+    return _plan_retrain(champ, config, bars, list(windows.feature_names), windows.seq_len)
 
 
 @task(name="train_model", task_run_name="train-{symbol}", cache_policy=NO_CACHE)
@@ -225,21 +225,20 @@ def render_plots(symbol: str, trained: TrainResult, windows: Windows, q: np.ndar
 
 
 @task(name="gate_model", task_run_name="gate-{symbol}", cache_policy=NO_CACHE)
-def gate_model(store: ResultsStore, symbol: str, evaluation: list[dict], config: Config, windows: Windows,
-               frame: pl.DataFrame, baselines: BaselineForecasts) -> registry.Decision:
+def gate_model(champ: registry.Champion | None, symbol: str, evaluation: list[dict], config: Config,
+               windows: Windows, frame: pl.DataFrame, baselines: BaselineForecasts) -> registry.Decision:
     """The promotion gate (``tasks.registry.decide``): the new model's mean
     ``promotion.metric`` on its test windows against ``promotion.min_skill``
-    and against the current champion scored on the same windows."""
+    and against the champion this run started with (``registry.load_champion``),
+    scored on the same windows."""
     metric, n = config.promotion.metric, len(windows.test)
     score = registry.mean_metric(evaluation, metric)
-    champ = registry.champion(store, symbol)
     if champ is None:
         return registry.decide(score, metric, config.promotion.min_skill, n_windows=n)
-    state, meta = load_model(store, model_key(symbol, champ["run_id"]))
-    saw = registry.champion_saw(meta, _day(windows.test.end_dates[0]))
-    rows = None if saw else registry.champion_on_windows(state, meta, frame, windows, baselines,
+    saw = registry.champion_saw(champ.row, _day(windows.test.end_dates[0]))
+    rows = None if saw else registry.champion_on_windows(champ.state, champ.meta, frame, windows, baselines,
                                                          config.model.quantiles, config.windows.stride)
-    return registry.decide(score, metric, config.promotion.min_skill, champ,
+    return registry.decide(score, metric, config.promotion.min_skill, champ.row,
                            None if rows is None else registry.mean_metric(rows, metric), saw, n)
 
 
@@ -258,8 +257,8 @@ def save_run(store: ResultsStore, symbol: str, run_id: str, trained: TrainResult
     ``store:SYMBOL/RUN_ID``."""
     with store.transaction():
         key = save_trained_model(  # with the bars it trained on, for the next run's restatement check
-            store, symbol, run_id, trained.state_dict, metadata, plots | {BARS_FILE: bars_bytes(bars)},
-            trained.epoch_metrics, evaluation,
+            store, symbol, run_id, trained.state_dict, metadata,
+            plots | {registry.BARS_FILE: bars_bytes(bars)}, trained.epoch_metrics, evaluation,
             rows=rows, windows=sum(metadata["windows"].values()), parameters=trained.parameters,
             epochs=trained.epochs, best_val_loss=trained.best_val_loss, no_skill=trained.no_skill, seconds=seconds,
             data_fingerprint=metadata["data_fingerprint"])

@@ -117,13 +117,14 @@ class BestWeights(Callback):
         self.restored_epochs = 0  # epochs done before a resume
         self._t0 = 0.0
 
-    def seed(self, model: torch.nn.Module, val_loss: float) -> None:
+    def seed(self, state: dict[str, torch.Tensor], val_loss: float) -> None:
+        """Weights (a state dict) to beat, saved first as epoch -1, and their validation loss."""
         self.best = self.baseline = val_loss
         self.best_epoch = -1
-        self._save(model)
+        self._save(state)
 
-    def _save(self, model: torch.nn.Module) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    def _save(self, state: dict[str, torch.Tensor]) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         atomic_write(self.path, lambda tmp: save_file(state, str(tmp)))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -140,7 +141,7 @@ class BestWeights(Callback):
         val = m.get("val_loss", math.inf)
         if val < self.best:
             self.best, self.best_epoch = val, trainer.current_epoch
-            self._save(pl_module.model)
+            self._save(pl_module.model.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch, "baseline": self.baseline, "rows": self.rows}
@@ -245,18 +246,14 @@ def train_model(
     if ckpt_path is None:  # the baseline head is the score to beat (a resume restores it)
         baseline = loss_of(module, windows.val.x, windows.val.y)
         if init_state is None:
-            best.seed(module.model, baseline)
-        else:  # warm start: training starts from the champion's weights
+            best.seed(module.model.state_dict(), baseline)
+        else:  # warm start: training starts from the champion's weights (its output_scale included)
             untrained = {k: v.clone() for k, v in module.model.state_dict().items()}
             module.model.load_state_dict(init_state, strict=True)
+            scale = module.model.output_scale.numpy().copy()
             start = loss_of(module, windows.val.x, windows.val.y)
-            scale = module.model.output_scale.numpy().copy()  # the champion's, which its weights fit
-            if start <= baseline:  # the champion is the score to beat
-                best.seed(module.model, start)
-            else:  # the untrained head beats the champion on this validation split: it is saved first
-                module.model.load_state_dict(untrained, strict=True)
-                best.seed(module.model, baseline)
-                module.model.load_state_dict(init_state, strict=True)
+            # the better of the champion and the untrained head on this validation split is the one to beat
+            best.seed(init_state if start <= baseline else untrained, min(start, baseline))
             best.baseline = baseline
         stop.best_score = torch.tensor(best.best)
     collate = AugmentCollate(augment, training.seed) if augment.rate > 0 else None

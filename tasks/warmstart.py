@@ -28,10 +28,8 @@ import polars as pl
 import torch
 
 from configs.schema import Config
-from tasks import registry
-from tasks.store import EVENTS, ResultsStore, load_model, model_key, read_model_files, upsert
-
-BARS_FILE = "bars.parquet"  # the bars a model trained on, stored with it (restatement checks)
+from tasks.registry import Champion
+from tasks.store import EVENTS, ResultsStore, upsert
 
 
 @dataclass(frozen=True)
@@ -70,15 +68,6 @@ def restatement(old: pl.DataFrame, new: pl.DataFrame) -> dict[str, Any] | None:
                       f"missing since {first}, of the {old.height} bars the champion trained on from {old['date'][0]}"}
 
 
-def _lineage_start(store: ResultsStore, symbol: str, champ: dict[str, Any]) -> dt.date:
-    """The last bar of the model trained from scratch that the champion's chain of warm starts began with."""
-    rows = {r["run_id"]: r for r in registry.models(store, [symbol])}
-    row = champ
-    while row.get("init_from") and row["init_from"] in rows:
-        row = rows[row["init_from"]]
-    return row["data_end"]
-
-
 def same_architecture(meta: dict[str, Any], config: Config, feature_names: list[str], seq_len: int) -> str | None:
     """None when a champion with metadata ``meta`` can start this run, else why not."""
     old = meta["config"]
@@ -91,32 +80,30 @@ def same_architecture(meta: dict[str, Any], config: Config, feature_names: list[
     return None
 
 
-def plan_retrain(store: ResultsStore, symbol: str, config: Config, bars: pl.DataFrame, feature_names: list[str],
+def plan_retrain(champ: Champion | None, config: Config, bars: pl.DataFrame, feature_names: list[str],
                  seq_len: int) -> RetrainPlan:
-    """Warm start from the champion or refit from scratch (module docstring)."""
-    champ = registry.champion(store, symbol)
+    """Warm start from the champion (``registry.load_champion``) or refit from
+    scratch (module docstring)."""
     if champ is None:
         return RetrainPlan(None, None, "full fit: no champion")
-    key = model_key(symbol, champ["run_id"])
-    old_bars = read_model_files(store, key).get(BARS_FILE)
-    restated = None if old_bars is None else restatement(pl.read_parquet(io.BytesIO(old_bars)), bars)
+    run = champ.row["run_id"]
+    restated = None if champ.bars is None else restatement(champ.bars, bars)
     if restated is not None:
         return RetrainPlan(None, None, f"full fit: restated: {restated['detail']}", restated)
     if not config.retrain.warm_start:
         return RetrainPlan(None, None, "full fit: retrain.warm_start is off")
-    state, meta = load_model(store, key)
-    why = same_architecture(meta, config, feature_names, seq_len)
+    why = same_architecture(champ.meta, config, feature_names, seq_len)
     if why:
-        return RetrainPlan(None, None, f"full fit: champion {champ['run_id']}: {why}")
+        return RetrainPlan(None, None, f"full fit: champion {run}: {why}")
     last = bars["date"][-1]
-    age = (last - _lineage_start(store, symbol, champ)).days
+    age = (last - champ.lineage_start).days
     if age >= config.retrain.full_every_days:
-        return RetrainPlan(None, None, f"full fit: the last one used bars to {last - dt.timedelta(days=age)}, "
+        return RetrainPlan(None, None, f"full fit: the last one used bars to {champ.lineage_start}, "
                                        f"{age} days >= retrain.full_every_days {config.retrain.full_every_days}")
     if config.retrain.full_weekday is not None and last.weekday() == config.retrain.full_weekday:
         return RetrainPlan(None, None, f"full fit: {last} is weekday {last.weekday()} (retrain.full_weekday)")
-    return RetrainPlan(state, champ["run_id"], f"warm start from champion {champ['run_id']} ({age} days since "
-                                               f"its lineage's full fit)")
+    return RetrainPlan(champ.state, run, f"warm start from champion {run} ({age} days since its lineage's "
+                                         f"full fit)")
 
 
 def record_restatement(store: ResultsStore, run_id: str, symbol: str, restated: dict[str, Any]) -> None:

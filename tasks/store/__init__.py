@@ -17,7 +17,7 @@ from tasks.store.db import RUN_STATUSES, SYMBOL_STATUSES, ResultsStore, to_json
 from tasks.store.db import _upsert as upsert
 from tasks.store.engine import StoreConnectionError, check_store
 from tasks.store.model_files import (
-    METADATA_FILE, WEIGHTS_FILE, ModelFileError, export_model, load_model, model_key, read_model_files,
+    METADATA_FILE, WEIGHTS_FILE, ModelFileError, decode_model, export_model, load_model, model_key, read_model_files,
     package_versions, save_model, save_trained_model,
 )
 from tasks.store.tables import (
@@ -28,6 +28,6 @@ __all__ = [
     "BACKTESTS", "EPOCH_METRICS", "EVALUATIONS", "EVENTS", "METADATA_FILE", "MODEL_FILES", "MODELS", "PREDICTIONS",
     "RUNS", "RUN_STATUSES", "SCORES", "upsert",
     "SCHEMA", "SYMBOL_RUNS", "SYMBOL_STATUSES", "WEIGHTS_FILE", "ModelFileError", "ResultsStore",
-    "StoreConnectionError", "check_store", "export_model", "load_model", "model_key", "read_model_files",
+    "StoreConnectionError", "check_store", "decode_model", "export_model", "load_model", "model_key", "read_model_files",
     "package_versions", "save_model", "save_trained_model", "to_json",
 ]

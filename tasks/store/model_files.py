@@ -139,7 +139,11 @@ def read_model_files(store: ResultsStore, key: str) -> dict[str, bytes]:
 
 def load_model(store: ResultsStore, key: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(state_dict on CPU, metadata) of the model ``key``; never unpickles."""
-    files = read_model_files(store, key)
+    return decode_model(key, read_model_files(store, key))
+
+
+def decode_model(key: str, files: dict[str, bytes]) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict on CPU, metadata) from the model ``key``'s files (``read_model_files``)."""
     for name in (WEIGHTS_FILE, METADATA_FILE):
         if name not in files:
             raise ModelFileError(f"{key}/{name} is missing: a model holds {WEIGHTS_FILE} and {METADATA_FILE}")

@@ -37,10 +37,10 @@ def test_gate_promotes_keeps_and_rejects_on_constructed_metrics():
 
 
 def test_champion_saw_the_test_windows_when_its_own_test_split_starts_later():
-    meta = {"splits": {"test": ["2011-07-20", "2012-04-19"]}}
-    assert not registry.champion_saw(meta, dt.date(2011, 7, 21))  # a night later: trained before it
-    assert not registry.champion_saw(meta, dt.date(2011, 7, 20))
-    assert registry.champion_saw(meta, dt.date(2011, 1, 3))  # its train/val reached into these windows
+    row = {"test_start": dt.date(2011, 7, 20), "test_end": dt.date(2012, 4, 19)}  # the champion's registry row
+    assert not registry.champion_saw(row, dt.date(2011, 7, 21))  # a night later: trained before it
+    assert not registry.champion_saw(row, dt.date(2011, 7, 20))
+    assert registry.champion_saw(row, dt.date(2011, 1, 3))  # its train/val reached into these windows
 
 
 def test_mean_metric_is_the_mean_over_horizons():
