@@ -49,32 +49,43 @@ def cli(*args: str) -> float:
                           env=os.environ | {"PREFECT_HOME": os.environ.get("PREFECT_HOME", "")})
     seconds = time.perf_counter() - t0
     if done.returncode == 1:
-        failed = [ln for ln in done.stdout.splitlines() if "symbols retrained" in ln or "symbols trained" in ln]
-        print(f"  (exit 1: {failed[-1] if failed else done.stdout[-500:]})", flush=True)
+        lines = (done.stdout + done.stderr).splitlines()
+        said = [ln for ln in lines if "symbols retrained" in ln or "symbols trained" in ln or "FAILED" in ln
+                or "Error" in ln]
+        print(f"  (exit 1:\n    " + "\n    ".join(said[-10:] or lines[-10:]) + ")", flush=True)
     elif done.returncode != 0:
         sys.exit(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return seconds
 
 
 def latest_metrics(results: Path, symbols: list[str]) -> dict[str, float]:
-    """Means over symbols and horizons for each symbol's newest model; warm = how many were warm-started."""
-    skill, garch, cover, garch_cover, warm = [], [], [], [], 0
+    """Means over symbols and horizons for each symbol's newest model; warm = how many were warm-started.
+    A symbol without a model (its training failed) is left out, and counted in ``missing``."""
+    skill, garch, cover, garch_cover, warm, missing = [], [], [], [], 0, 0
     with ResultsStore(results) as store:
         for s in symbols:
-            row = registry.models(store, [s])[-1]
+            rows = registry.models(store, [s])
+            if not rows:
+                missing += 1
+                continue
+            row = rows[-1]
             ev = store.evaluations(row["run_id"], s)
             skill.append(registry.mean_metric(ev, "skill_zero"))
             garch.append(registry.mean_metric(ev, "pinball_skill_garch"))
             cover.append(registry.mean_metric(ev, "coverage"))
             garch_cover.append(registry.mean_metric(ev, "garch_coverage"))
             warm += row["init_from"] is not None
-    return {"skill": statistics.mean(skill), "vs garch": statistics.mean(garch), "cover": statistics.mean(cover),
+    if not skill:
+        return {"skill": float("nan"), "vs garch": float("nan"), "cover": float("nan"),
+                "garch cover": float("nan"), "warm": 0, "missing": missing}
+    return {"missing": missing, "skill": statistics.mean(skill), "vs garch": statistics.mean(garch), "cover": statistics.mean(cover),
             "garch cover": statistics.mean(garch_cover), "warm": warm}
 
 
 def line(name: str, seconds: float, m: dict[str, float]) -> str:
     return (f"{name:<34} {seconds:7.1f} s   skill {m['skill']:+.4f}   vs garch {m['vs garch']:+.4f}   "
-            f"cover {m['cover']:.3f} (garch {m['garch cover']:.3f})   warm-started {m['warm']}")
+            f"cover {m['cover']:.3f} (garch {m['garch cover']:.3f})   warm-started {m['warm']}"
+            + (f"   NO MODEL for {m['missing']}" if m["missing"] else ""))
 
 
 def compare(symbols: str, source: str, first: str, nights: list[str], root: Path, extra: list[str]) -> None:

@@ -44,7 +44,8 @@ OVERRIDE_KEYS: dict[str, str] = {
     "epochs": "training.epochs", "batch_size": "training.batch_size", "seed": "training.seed",
     "threads": "training.threads", "parallel": "run.parallel",
     "results_dir": "run.results_dir", "store_url": "run.store_url", "as_of": "data.as_of",
-    "warm_start": "retrain.warm_start",
+    "warm_start": "retrain.warm_start", "executor": "run.executor", "work_pool": "run.work_pool",
+    "dask_address": "run.dask_address",
 }
 
 

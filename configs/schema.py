@@ -165,6 +165,12 @@ class RunConfig(_Section):
     parallel: int = Field(1, ge=1)
     results_dir: str = "results"
     store_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite RESULTS/store.db")
+    executor: Literal["threads", "workers", "dask"] = Field(
+        "threads", description="where each symbol runs: threads (this process), workers (flow runs of the "
+                               "per-symbol deployment on a Prefect work pool), dask (a Dask cluster)")
+    work_pool: str = Field("mambaflow", min_length=1, description="the work pool of --executor workers")
+    dask_address: str | None = Field(None, description="scheduler of --executor dask, tcp://HOST:8786; "
+                                                       "empty: a local cluster of --parallel processes")
 
     @field_validator("symbols")
     @classmethod

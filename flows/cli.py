@@ -31,6 +31,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "parallel": ("--parallel", int, "symbols handled at the same time"),
     "results_dir": ("--results", str, "results directory (default results/)"),
     "store_url": ("--store-url", str, "SQLAlchemy URL of the results database (default sqlite RESULTS/store.db)"),
+    "executor": ("--executor", str, "where each symbol runs: threads (this process, default), workers (flow runs "
+                                    "on a Prefect work pool: needs PREFECT_API_URL and `python -m "
+                                    "deployments.workers`), dask (a Dask cluster)"),
+    "work_pool": ("--work-pool", str, "the Prefect work pool of --executor workers (default mambaflow)"),
+    "dask_address": ("--dask-address", str, "the Dask scheduler of --executor dask, tcp://HOST:8786 (default: a "
+                                            "local cluster of --parallel processes)"),
     "as_of": ("--as-of", iso_date, "use only bars dated on or before this day, YYYY-MM-DD (replays, backfills); "
                                    "default: all bars to today"),
 }
@@ -55,11 +61,12 @@ def flag_overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return named_overrides(**values)
 
 
-def check_run(config: Config) -> list[str]:
+def check_run(config: Config, subflow: str | None = "train-symbol") -> list[str]:
     """What can be known wrong before any symbol is touched: the symbols or
     universe names, the source, the calendar, the feature columns, and
     whether the results database answers (a wrong URL or password, a server
-    that is down). Returns the symbols."""
+    that is down), and whether ``run.executor`` can run ``subflow`` (the
+    per-symbol flow's name). Returns the symbols."""
     # Imported here: the pipeline's modules pull in torch and Prefect, which
     # `--help` does not need.
     from tasks.calendar import check_calendar
@@ -72,8 +79,79 @@ def check_run(config: Config) -> list[str]:
     feature_names(config.features)
     symbols = resolve_symbols(config.run.symbols)
     check_as_of(config, symbols)
-    check_store(config.run.store_url)  # last: it may wait for a server (connect_timeout)
+    check_store(config.run.store_url)  # it may wait for a server (connect_timeout)
+    check_executor(config, subflow)
     return symbols
+
+
+EXECUTOR_TIMEOUT = 10  # seconds to wait for the Prefect API or a Dask scheduler before giving up
+
+
+def check_executor(config: Config, subflow: str | None) -> None:
+    """``run.executor`` can run this: ValueError naming what is missing and the fix.
+
+    ``workers``: a Prefect server the workers share (PREFECT_API_URL), the
+    work pool, and the ``SUBFLOW/worker`` deployment on it. ``dask`` with an
+    address: a scheduler that answers."""
+    run = config.run
+    if run.executor == "workers":
+        _check_workers(run.work_pool, subflow)
+    elif run.executor == "dask" and run.dask_address:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            raise ValueError(f"--dask-address {run.dask_address}: the Dask workers report to Prefect, and "
+                             "PREFECT_API_URL is not set (a temporary server on 127.0.0.1 is out of their reach): "
+                             "start a server (`prefect server start`), then `export PREFECT_API_URL="
+                             "http://HOST:4200/api` here and for every `dask worker`")
+        _check_dask(run.dask_address)
+
+
+def _check_workers(pool: str, subflow: str | None) -> None:
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.fanout import WORKER_DEPLOYMENT
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise ValueError("--executor workers needs a Prefect server that this process and the workers share, and "
+                         "PREFECT_API_URL is not set: start one (`prefect server start`), then "
+                         "`export PREFECT_API_URL=http://HOST:4200/api` here and on every worker machine")
+    deployment = f"{subflow}/{WORKER_DEPLOYMENT}"
+    fix = f"create both with `python -m deployments.workers --pool {pool}`, then start workers with " \
+          f"`prefect worker start --pool {pool}`"
+    try:
+        with get_client(sync_client=True, httpx_settings={"timeout": EXECUTOR_TIMEOUT}) as client:
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                raise ValueError(f"--work-pool {pool!r}: no such work pool on the Prefect server {api}; {fix}") from None
+            if subflow is not None:
+                try:
+                    found = client.read_deployment_by_name(deployment)
+                except ObjectNotFound:
+                    raise ValueError(f"--executor workers: no deployment {deployment!r} on the Prefect server {api}; "
+                                     f"{fix}") from None
+                if found.work_pool_name != pool:
+                    raise ValueError(f"--executor workers: deployment {deployment!r} is on work pool "
+                                     f"{found.work_pool_name!r}, not {pool!r}; {fix}")
+    except (httpx.HTTPError, OSError) as exc:
+        raise ValueError(f"--executor workers: the Prefect server at PREFECT_API_URL={api} does not answer "
+                         f"({type(exc).__name__}: {exc}); start it, or fix PREFECT_API_URL") from None
+
+
+def _check_dask(address: str) -> None:
+    from distributed import Client
+
+    try:
+        Client(address, timeout=EXECUTOR_TIMEOUT).close()
+    except (OSError, TimeoutError) as exc:
+        raise ValueError(f"--dask-address {address}: no Dask scheduler answered within {EXECUTOR_TIMEOUT} s "
+                         f"({type(exc).__name__}: {exc}); start one (`dask scheduler`, then `dask worker "
+                         f"{address}` on each machine), fix the address, or leave it out for a local cluster") from None
 
 
 def check_as_of(config: Config, symbols: list[str]) -> None:

@@ -1,20 +1,80 @@
 """One subflow per item, a few at a time: the shape every universe flow shares.
 
 Each item (a symbol, or a backtest's symbol and fold) is a task that calls
-the subflow, submitted to Prefect's ``ThreadPoolTaskRunner(max_workers=parallel)``;
-the UI shows every subflow under the universe run. An item's failure is its
-result (the exception), never the run's: the others go on.
+the subflow; the UI shows every subflow under the universe run. An item's
+failure is its result (the exception), never the run's: the others go on.
+Where the subflows run (``run.executor``) is an existing engine's choice,
+never a scheduler of ours:
+
+- ``threads``: Prefect's ``ThreadPoolTaskRunner(max_workers=parallel)``, in this process;
+- ``dask``: prefect-dask's ``DaskTaskRunner``, on the scheduler at
+  ``run.dask_address`` or on a ``LocalCluster`` of ``parallel`` processes;
+- ``workers``: each item is a flow run of the subflow's ``worker`` deployment
+  (``run_deployment``, a subflow of the universe run), picked up by any
+  ``prefect worker start --pool POOL``; a Prefect global concurrency limit of
+  ``parallel`` slots, one per run, caps the items in flight. The subflow's
+  return value stays on the worker: ``for_each`` returns a ``WorkerRun``,
+  and the caller reads what the subflow stored from the results store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import importlib
+import logging
+import os
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect import Flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+WORKER_DEPLOYMENT = "worker"  # the name of each per-symbol flow's deployment for --executor workers
+SUBMITTERS = 32  # threads waiting on worker flow runs: at least `parallel`; the concurrency limit caps the rest
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where the subflows run: ``run.executor``, ``run.parallel``, ``run.work_pool``, ``run.dask_address``."""
+    kind: str = "threads"
+    parallel: int = 1
+    work_pool: str = "mambaflow"
+    dask_address: str | None = None
+
+    @classmethod
+    def of(cls, run: Any) -> Executor:
+        return cls(run.executor, run.parallel, run.work_pool, run.dask_address)
+
+
+RESULTS_ENV = "MAMBAFLOW_RESULTS_DIR"  # on a worker machine: its local results directory (caches, work dirs)
+
+
+def for_executor(config: Any) -> Any:
+    """The config the subflows get. Under ``dask`` and ``workers`` they run in
+    other processes, maybe on other machines: the default store (SQLite in the
+    results directory) becomes its explicit absolute URL, so that every
+    process on this machine writes to the same one (give ``--store-url`` for
+    other machines)."""
+    if config.run.executor == "threads" or config.run.store_url is not None:
+        return config
+    store = Path(config.run.results_dir).resolve() / "store.db"
+    return config.model_copy(update={"run": config.run.model_copy(update={"store_url": f"sqlite:///{store}"})})
+
+
+def local_results(results_dir: str) -> Path:
+    """A per-symbol flow's results directory for caches and work dirs:
+    ``$MAMBAFLOW_RESULTS_DIR`` where the worker machine sets it, else ``results_dir``."""
+    return Path(os.environ.get(RESULTS_ENV) or results_dir).resolve()
+
+
+class SubflowRunError(RuntimeError):
+    """A flow run on a worker that did not complete: its name, state and message."""
 
 
 @task(name="subflow", task_run_name="{label}", cache_policy=NO_CACHE)
@@ -22,27 +82,128 @@ def _run_item(subflow: Flow, label: str, kwargs: dict[str, Any]) -> Any:
     return subflow(**kwargs)
 
 
-def for_each(subflow: Flow, items: list[tuple[str, dict[str, Any]]], parallel: int,
+@dataclass(frozen=True)
+class WorkerRun:
+    """What ``for_each`` returns for an item that completed on a worker: its
+    flow run, and when it was submitted (rows it stored are no older)."""
+    flow_run_id: str
+    flow_run_name: str
+    submitted: dt.datetime
+
+
+@task(name="subflow", task_run_name="{label}", cache_policy=NO_CACHE)
+def _run_deployment_item(deployment: str, label: str, kwargs: dict[str, Any], limit: str) -> WorkerRun:
+    from prefect.concurrency.sync import concurrency
+    from prefect.deployments import run_deployment
+
+    with concurrency(limit, occupy=1, strict=True):
+        submitted = dt.datetime.now(dt.timezone.utc)
+        run = run_deployment(deployment, parameters=kwargs, as_subflow=True, poll_interval=1)
+    if run.state is None or not run.state.is_completed():
+        state = run.state.type.value if run.state is not None else "no state"
+        message = run.state.message if run.state is not None else ""
+        raise SubflowRunError(f"flow run {run.name} ({run.id}) on a worker ended {state}: {message}")
+    return WorkerRun(str(run.id), run.name, submitted)
+
+
+def _dask_runner(executor: Executor) -> TaskRunner:
+    from prefect_dask import DaskTaskRunner
+
+    # Dask's INFO lines (workers starting and closing) would fill the run's log
+    os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")  # the local cluster's processes
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if executor.dask_address:
+        return DaskTaskRunner(address=executor.dask_address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": executor.parallel, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
+
+
+def for_each(subflow: Flow, items: list[tuple[str, dict[str, Any]]], parallel: int | Executor,
              on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
     """``subflow(**kwargs)`` for every ``(label, kwargs)`` item, ``parallel`` at a time.
 
     Returns each item's result, or the exception it raised, in ``items``
-    order; ``on_done(index, outcome)`` is called as each one finishes. The
-    label names the item's task in the UI.
+    order (under ``workers``: a ``WorkerRun``); ``on_done(index, outcome)``
+    is called as each one finishes. The label names the item's task in the UI.
+    An int ``parallel`` means threads.
     """
+    executor = parallel if isinstance(parallel, Executor) else Executor(parallel=parallel)
+    if executor.kind == "workers":
+        return _for_each_on_workers(subflow, items, executor, on_done)
+    if executor.kind == "dask":
+        path = flow_path(subflow)
+        with _api_for_other_processes():
+            return _collect(_dask_runner(executor), _run_item_at,
+                            [{"path": path, "label": label, "kwargs": kwargs} for label, kwargs in items], on_done)
+    return _collect(ThreadPoolTaskRunner(max_workers=executor.parallel), _run_item,
+                    [{"subflow": subflow, "label": label, "kwargs": kwargs} for label, kwargs in items], on_done)
+
+
+def flow_path(subflow: Flow) -> str:
+    """``flows.train:train_symbol``: how another process finds the flow. A
+    Flow object would travel by value, without the globals its annotations
+    name (Config), and fail there to build its parameter model."""
+    module, name = subflow.fn.__module__, subflow.fn.__name__
+    if module == "__main__" or getattr(importlib.import_module(module), name, None) is not subflow:
+        raise ValueError(f"flow {subflow.name!r} must be a module-level flow of an importable module to run on "
+                         f"other processes (found {module}.{name})")
+    return f"{module}:{name}"
+
+
+@task(name="subflow", task_run_name="{label}", cache_policy=NO_CACHE)
+def _run_item_at(path: str, label: str, kwargs: dict[str, Any]) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
+
+
+def _api_for_other_processes() -> contextlib.AbstractContextManager:
+    """Where this process runs on Prefect's temporary server (no
+    PREFECT_API_URL), its URL in the settings that travel with each task to
+    the Dask workers: otherwise each worker process would start a temporary
+    server of its own, and the subflows would not appear under this run."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one this process's client started (one per process)
+    server.start()  # returns at once when it runs
+    return temporary_settings(updates={PREFECT_API_URL: server.api_url})
+
+
+def _for_each_on_workers(subflow: Flow, items: list[tuple[str, dict[str, Any]]], executor: Executor,
+                         on_done: Callable[[int, Any], None] | None) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    limit = f"mambaflow-{subflow.name}-{uuid.uuid4().hex[:12]}"  # this run's slots, removed at the end
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=executor.parallel))
+        try:
+            runner = ThreadPoolTaskRunner(max_workers=max(executor.parallel, min(len(items), SUBMITTERS)))
+            return _collect(runner, _run_deployment_item,
+                            [{"deployment": f"{subflow.name}/{WORKER_DEPLOYMENT}", "label": label, "kwargs": kwargs,
+                              "limit": limit} for label, kwargs in items], on_done)
+        finally:
+            client.delete_global_concurrency_limit_by_name(limit)
+
+
+def _collect(runner: TaskRunner, item_task: Any, parameters: list[dict[str, Any]],
+             on_done: Callable[[int, Any], None] | None) -> list[Any]:
     outcomes: dict[int, Any] = {}
-    with ThreadPoolTaskRunner(max_workers=parallel) as runner:
-        futures = {runner.submit(_run_item, {"subflow": subflow, "label": label, "kwargs": kwargs}): i
-                   for i, (label, kwargs) in enumerate(items)}
+    with runner:
+        futures = {runner.submit(item_task, p): i for i, p in enumerate(parameters)}
         for future in as_completed(list(futures)):
             i = futures[future]
             outcomes[i] = future.result(raise_on_failure=False)
             if on_done is not None:
                 on_done(i, outcomes[i])
-    return [outcomes[i] for i in range(len(items))]
+    return [outcomes[i] for i in range(len(parameters))]
 
 
-def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int, kwargs: dict[str, Any],
+def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int | Executor, kwargs: dict[str, Any],
                     on_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """``subflow(symbol=s, **kwargs)`` for every symbol, ``parallel`` at a time.
 

@@ -26,10 +26,11 @@ from prefect.artifacts import create_table_artifact
 from configs.load import ConfigError, load_config, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides, symbol_list
-from flows.fanout import error_text
-from flows.predict import forecast_symbol, publish_forecasts
+from flows.fanout import WorkerRun, error_text
+from flows.predict import forecast_symbol, publish_forecasts, stored_forecasts
 from flows.score import score_forecasts
-from flows.train import run_symbols, summary_table, train_symbol
+from flows.train import run_symbols, summary_table, symbol_outcome, train_symbol
+from tasks.store import ResultsStore
 
 NIGHTLY_CONFIG = "configs/nightly.yaml"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +73,19 @@ def nightly_symbol(symbol: str, config: Config, run_id: str, resume: bool = Fals
     return outcome | {"forecasts": result}
 
 
+def nightly_outcome(store: ResultsStore, run_id: str, symbol: str, result: Any) -> dict[str, Any]:
+    """``nightly_symbol``'s outcome from what the executor handed back; for a
+    ``WorkerRun``, the training outcome and the forecasts, read from the store."""
+    if not isinstance(result, WorkerRun):
+        return result
+    outcome = symbol_outcome(store, run_id, symbol, result)
+    forecasts = stored_forecasts(store, symbol, result)
+    if isinstance(forecasts, LookupError):
+        return outcome | {"forecasts": [], "error": f"forecast: none stored by flow run {result.flow_run_name} "
+                                                     f"(its log says why)"}
+    return outcome | {"forecasts": forecasts}
+
+
 def nightly_config(config_path: str = NIGHTLY_CONFIG, **overrides: Any) -> Config:
     """The nightly config file with the run's overrides (names of ``configs.load.OVERRIDE_KEYS``)."""
     return load_config(resolve_config_path(config_path), named_overrides(**overrides))
@@ -81,7 +95,8 @@ def nightly_config(config_path: str = NIGHTLY_CONFIG, **overrides: Any) -> Confi
 def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None = None,
                     source: str | None = None, days: int | None = None, epochs: int | None = None,
                     results_dir: str | None = None, store_url: str | None = None,
-                    parallel: int | None = None, as_of: dt.date | None = None) -> list[dict[str, Any]]:
+                    parallel: int | None = None, as_of: dt.date | None = None, executor: str | None = None,
+                    work_pool: str | None = None, dask_address: str | None = None) -> list[dict[str, Any]]:
     """Retrain every symbol of the config on fresh bars, then forecast each one that trained.
 
     Fails (after storing everything that succeeded) if any symbol failed to
@@ -97,15 +112,19 @@ def nightly_retrain(config_path: str = NIGHTLY_CONFIG, symbols: list[str] | None
         store_url: SQLAlchemy URL of the results database; empty: the config's.
         parallel: symbols handled at the same time; empty: the config's.
         as_of: the night to run as (bars dated on or before it only; replays); empty: today.
+        executor: threads | workers | dask (where each symbol runs); empty: the config's.
+        work_pool: the Prefect work pool of executor workers; empty: the config's.
+        dask_address: the Dask scheduler of executor dask (tcp://HOST:8786); empty: a local cluster.
     """
     log = get_run_logger()
     config = nightly_config(config_path, symbols=symbols, source=source, days=days, epochs=epochs,
-                            results_dir=results_dir, store_url=store_url, parallel=parallel, as_of=as_of)
+                            results_dir=results_dir, store_url=store_url, parallel=parallel, as_of=as_of,
+                            executor=executor, work_pool=work_pool, dask_address=dask_address)
     log.info("config %s: symbols %s, source %s, %d epochs, results in %s", config_path, config.run.symbols,
              config.data.source, config.training.epochs, Path(config.run.results_dir).resolve())
     scored = score_forecasts(config.run.symbols, config.data.source, config.run.results_dir, config.run.store_url,
                              config.data.as_of, config.run.parallel)
-    outcomes = run_symbols(config, nightly_symbol)
+    outcomes = run_symbols(config, nightly_symbol, outcome=nightly_outcome)
     forecasts = [row for o in outcomes for row in o.get("forecasts", [])]
     publish_forecasts(forecasts, config.run.results_dir)
     counts = nightly_counts(outcomes)
@@ -131,7 +150,8 @@ def nightly_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
             "failed": sum(o["status"] == "failed" for o in outcomes)}
 
 
-NIGHTLY_FLAGS = ("symbols", "source", "days", "as_of", "epochs", "results_dir", "store_url", "parallel")
+NIGHTLY_FLAGS = ("symbols", "source", "days", "as_of", "epochs", "results_dir", "store_url", "parallel", "executor",
+                 "work_pool", "dask_address")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         config = load_config(resolve_config_path(args.config), flag_overrides(args, *NIGHTLY_FLAGS))
-        check_run(config)
+        check_run(config, nightly_symbol.name)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -160,4 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The flows of the module flows.nightly, not of __main__: Dask and the workers
+    # find a flow by its module (a flow of __main__ would travel without its globals).
+    from flows.nightly import main as _main
+
+    sys.exit(_main())

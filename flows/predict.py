@@ -35,7 +35,7 @@ from prefect.artifacts import create_table_artifact
 from configs.load import ConfigError, apply_overrides, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
-from flows.fanout import for_each_symbol, split_outcomes
+from flows.fanout import Executor, for_executor, WorkerRun, for_each_symbol, local_results, split_outcomes
 from flows.report import text_table
 from tasks import registry, steps
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
@@ -52,7 +52,7 @@ def forecast_symbol(symbol: str, source: str | None = None, results_dir: str = "
     """Forecasts of every horizon from the symbol's champion (or run ``run_id``'s
     model), from bars dated on or before ``as_of``; raises on any failure."""
     validate_symbol(symbol)
-    results = Path(results_dir).resolve()
+    results = local_results(results_dir)
     with ResultsStore(results, store_url) as store:
         try:
             state, meta = steps.load_serving_model(store, symbol, run_id)
@@ -110,7 +110,8 @@ def naive_rows(symbol: str, config: Config, source: str | None, results: Path,
 @flow(name="predict-universe")
 def predict_universe(symbols: list[str], source: str | None = None, results_dir: str = "results",
                      store_url: str | None = None, parallel: int = 1, run_id: str | None = None,
-                     fallback: str | None = None, as_of: dt.date | None = None) -> dict[str, Any]:
+                     fallback: str | None = None, as_of: dt.date | None = None, executor: str = "threads",
+                     work_pool: str = "mambaflow", dask_address: str | None = None) -> dict[str, Any]:
     """Forecast every horizon for ``symbols`` (tickers or universe names).
 
     Args:
@@ -122,19 +123,37 @@ def predict_universe(symbols: list[str], source: str | None = None, results_dir:
         run_id: forecast from this run's model instead of each symbol's champion.
         fallback: "naive": a symbol with no champion gets the random walk's forecast (flag naive).
         as_of: use only bars dated on or before this day; empty: all bars.
+        executor: threads | workers | dask: where each symbol is forecast.
+        work_pool: the Prefect work pool of executor workers.
+        dask_address: the Dask scheduler of executor dask (tcp://HOST:8786); empty: a local cluster.
     """
     log = get_run_logger()
     # The same overrides and up-front checks as training (on a default config:
     # each model brings its own).
-    names = check_run(apply_overrides(Config(), named_overrides(
-        symbols=symbols, source=source, results_dir=results_dir, store_url=store_url, parallel=parallel)))
-    outcomes = for_each_symbol(forecast_symbol, names, parallel,
+    config = for_executor(apply_overrides(Config(), named_overrides(
+        symbols=symbols, source=source, results_dir=results_dir, store_url=store_url, parallel=parallel,
+        executor=executor, work_pool=work_pool, dask_address=dask_address)))
+    names = check_run(config, forecast_symbol.name)
+    store_url = config.run.store_url
+    outcomes = for_each_symbol(forecast_symbol, names, Executor.of(config.run),
                                {"source": source, "results_dir": results_dir, "store_url": store_url,
                                 "run_id": run_id, "fallback": fallback, "as_of": as_of})
+    with ResultsStore(results_dir, store_url) as store:
+        outcomes = {s: stored_forecasts(store, s, r) if isinstance(r, WorkerRun) else r for s, r in outcomes.items()}
     results, failures = split_outcomes(outcomes, log)
     rows = [row for result in results.values() for row in result]
     publish_forecasts(rows, results_dir)
     return {"predictions": rows, "failures": failures}
+
+
+def stored_forecasts(store: ResultsStore, symbol: str, run: WorkerRun) -> list[dict[str, Any]] | LookupError:
+    """The forecasts a worker's ``forecast_symbol`` stored for ``symbol`` (the
+    champion's or the naive ones, not the shadow ones), as it returns them."""
+    rows = [r for r in store.predictions(symbol) if r["created_at"] >= run.submitted and r["flag"] != "shadow"]
+    if not rows:
+        return LookupError(f"{symbol}: flow run {run.flow_run_name} completed but stored no forecast in "
+                           f"{store.url}; is the worker writing to another store (--store-url)?")
+    return rows
 
 
 def publish_forecasts(rows: list[dict[str, Any]], results_dir: str) -> None:
@@ -156,7 +175,8 @@ def forecast_table(rows: list[dict[str, Any]]) -> str:
         "model": r["model_run_id"] + (" (no skill)" if r["flag"] == "no_skill" else "")} for r in rows])
 
 
-PREDICT_FLAGS = ("symbols", "source", "as_of", "results_dir", "store_url", "parallel")
+PREDICT_FLAGS = ("symbols", "source", "as_of", "results_dir", "store_url", "parallel", "executor", "work_pool",
+                 "dask_address")
 
 
 def check_run_for(config: Config, symbols: list[str], run_id: str) -> None:
@@ -178,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--symbols is required: tickers or a universe name (e.g. --symbols AAPL or --symbols SAMPLE)")
     try:
         config = apply_overrides(Config(), flag_overrides(args, *PREDICT_FLAGS))
-        symbols = check_run(config)
+        symbols = check_run(config, forecast_symbol.name)
         if args.run is not None:
             check_run_for(config, symbols, args.run)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = predict_universe(config.run.symbols, args.source, config.run.results_dir, config.run.store_url,
-                           config.run.parallel, args.run, args.fallback, config.data.as_of)
+                           config.run.parallel, args.run, args.fallback, config.data.as_of, config.run.executor,
+                           config.run.work_pool, config.run.dask_address)
     print()
     if out["predictions"]:
         print(forecast_table(out["predictions"]))
@@ -195,4 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The flows of the module flows.predict, not of __main__: Dask and the workers
+    # find a flow by its module (a flow of __main__ would travel without its globals).
+    from flows.predict import main as _main
+
+    sys.exit(_main())

@@ -19,21 +19,23 @@ import argparse
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from sqlalchemy import select
 
 from configs.load import TEST_CONFIG, ConfigError, load_config, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
-from flows.fanout import error_text, for_each_symbol
+from flows.fanout import Executor, WorkerRun, error_text, for_each_symbol, for_executor, local_results
 from flows.report import text_table
 from tasks import registry, steps
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
 from tasks.plan import min_train_bars
-from tasks.store import ResultsStore
+from tasks.store import EVENTS, ResultsStore
 from tasks.warmstart import record_restatement
 
 
@@ -50,7 +52,7 @@ def train_symbol(symbol: str, config: Config, run_id: str, resume: bool = False)
     t0 = time.perf_counter()
     log = get_run_logger()
     validate_symbol(symbol)  # before the symbol touches any path
-    results = Path(config.run.results_dir).resolve()
+    results = local_results(config.run.results_dir)
     cached = {"result_storage": results / "prefect"}
 
     # bars to data.last_day() (--as-of); the filter again, so nothing later can reach the features
@@ -105,31 +107,63 @@ def _carry_over(store: ResultsStore, run_id: str, row: dict[str, Any]) -> dict[s
     keep = ("rows", "windows", "parameters", "epochs", "best_val_loss", "no_skill", "seconds", "model_path",
             "data_fingerprint")
     store.record_symbol(run_id, row["symbol"], "completed", **{k: row[k] for k in keep})
-    metrics = {e["horizon"]: e for e in store.evaluations(row["run_id"], row["symbol"])}
-    decided = [m for m in registry.models(store, [row["symbol"]]) if m["run_id"] == row["run_id"]]
-    return _outcome(row["symbol"], "completed", epochs=row["epochs"], best_val_loss=row["best_val_loss"],
-                    no_skill=row["no_skill"], metrics=metrics, seconds=0.0, model_path=row["model_path"],
+    return stored_outcome(store, row) | {"seconds": 0.0}
+
+
+def stored_outcome(store: ResultsStore, row: dict[str, Any]) -> dict[str, Any]:
+    """A completed symbol_run ``row``'s outcome for the summary, read back from
+    the store: what ``train_symbol`` returns, for a symbol trained elsewhere
+    (an earlier run, or a worker of ``--executor workers``)."""
+    symbol, run_id = row["symbol"], row["run_id"]
+    metrics = {e["horizon"]: e for e in store.evaluations(run_id, symbol)}
+    decided = [m for m in registry.models(store, [symbol]) if m["run_id"] == run_id]
+    restated = store.read(select(EVENTS).where(EVENTS.c.run_id == run_id, EVENTS.c.symbol == symbol,
+                                               EVENTS.c.kind == "restated"))
+    return _outcome(symbol, "completed", epochs=row["epochs"], best_val_loss=row["best_val_loss"],
+                    no_skill=row["no_skill"], metrics=metrics, seconds=row["seconds"], model_path=row["model_path"],
                     decision=decided[0]["status"] if decided else None,
-                    reason=decided[0]["reason"] if decided else None)
+                    reason=decided[0]["reason"] if decided else None,
+                    init_from=decided[0]["init_from"] if decided else None, restated=bool(restated))
 
 
-def run_symbols(config: Config, subflow: Flow, resume: bool = False) -> list[dict[str, Any]]:
+def symbol_outcome(store: ResultsStore, run_id: str, symbol: str, result: Any) -> dict[str, Any]:
+    """``train_symbol``'s outcome from what the executor handed back: the outcome
+    itself (threads, dask), or a ``WorkerRun`` (workers: read from the store)."""
+    if not isinstance(result, WorkerRun):
+        return result
+    rows = [r for r in store.symbol_runs(run_id) if r["symbol"] == symbol and r["status"] == "completed"]
+    if not rows:
+        raise LookupError(f"{symbol}: flow run {result.flow_run_name} completed but the store has no completed row "
+                          f"of run {run_id} for it; is the worker writing to another store (--store-url)?")
+    return stored_outcome(store, rows[0])
+
+
+def run_symbols(config: Config, subflow: Flow, resume: bool = False,
+                outcome: Callable[[ResultsStore, str, str, Any], dict[str, Any]] = symbol_outcome
+                ) -> list[dict[str, Any]]:
     """A training run: ``subflow(symbol, config, run_id, resume)`` per symbol of
     ``config.run.symbols``, with the run's rows in the store (a failed symbol
-    with its reason) and a summary artifact. ``train_universe`` and the
+    with its reason) and a summary artifact; ``outcome(store, run_id, symbol,
+    result)`` turns what the executor hands back into the symbol's outcome. ``train_universe`` and the
     nightly flow are this with their own per-symbol subflow."""
     log = get_run_logger()
-    symbols = check_run(config)
+    symbols = check_run(config, subflow.name)
     with ResultsStore(config.run.results_dir, config.run.store_url) as store:
         run_id = store.new_run_id()
         store.start_run(run_id, config.model_dump(mode="json"), symbols)
-        log.info("run %s: %d symbols, %d at a time", run_id, len(symbols), config.run.parallel)
+        executor = Executor.of(config.run)
+        log.info("run %s: %d symbols, %d at a time (%s)", run_id, len(symbols), config.run.parallel, executor.kind)
         outcomes: dict[str, dict[str, Any]] = {}
         for symbol, row in (finished_earlier(store, symbols, config) if resume else {}).items():
             outcomes[symbol] = _carry_over(store, run_id, row)
             log.info("%s: trained in run %s with this config; kept (--resume)", symbol, row["run_id"])
 
         def done(symbol: str, result: Any) -> None:
+            if not isinstance(result, BaseException):
+                try:
+                    result = outcome(store, run_id, symbol, result)
+                except LookupError as exc:
+                    result = exc
             if isinstance(result, BaseException):
                 outcomes[symbol] = _outcome(symbol, "failed", error=error_text(result))
                 store.record_symbol(run_id, symbol, "failed", error=outcomes[symbol]["error"])
@@ -140,7 +174,7 @@ def run_symbols(config: Config, subflow: Flow, resume: bool = False) -> list[dic
                          len(symbols), symbol, result["seconds"], result["epochs"], result["best_val_loss"])
 
         todo = [s for s in symbols if s not in outcomes]
-        for_each_symbol(subflow, todo, config.run.parallel, {"config": config, "run_id": run_id, "resume": resume},
+        for_each_symbol(subflow, todo, executor, {"config": for_executor(config), "run_id": run_id, "resume": resume},
                         on_done=done)
         ordered = [outcomes[s] for s in symbols]
         failed = sum(o["status"] != "completed" for o in ordered)
@@ -194,7 +228,7 @@ def summary_table(outcomes: list[dict[str, Any]], horizons: list[int]) -> str:
 
 
 TRAIN_FLAGS = ("symbols", "source", "days", "as_of", "epochs", "batch_size", "seed", "threads", "parallel",
-               "results_dir", "store_url")
+               "results_dir", "store_url", "executor", "work_pool", "dask_address")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -232,4 +266,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The flows of the module flows.train, not of __main__: Dask and the workers
+    # find a flow by its module (a flow of __main__ would travel without its globals).
+    from flows.train import main as _main
+
+    sys.exit(_main())

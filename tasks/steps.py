@@ -26,7 +26,9 @@ import base64
 import datetime as dt
 import hashlib
 import io
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +192,7 @@ def build_metadata(symbol: str, run_id: str, config: Config, windows: Windows, t
         "threads": trainer_threads(config),  # the weights depend on it (tasks.plan)
         "quality": report.to_dict(),
         "versions": package_versions(),
+        "trained_on": {"host": socket.gethostname(), "pid": os.getpid()},  # which machine and process (executors)
         "metrics": {
             "best_val_loss": trained.best_val_loss,
             "baseline_val_loss": trained.baseline_val_loss,
