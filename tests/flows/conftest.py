@@ -1,20 +1,77 @@
-"""One Prefect test server for the whole session (entering it costs 10-25 s)."""
+"""Prefect servers, each started once per session: the in-process test
+harness (autouse; entering it costs 10-25 s), and a real ``prefect server
+start`` on PostgreSQL for the tests that need other processes (workers,
+serving, Dask) to reach it."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from prefect.testing.utilities import prefect_test_harness
 
 from configs.load import load_config
 from configs.schema import Config
+from tests.flows.servers import free_port, start, stop, wait_until
 
 
 @pytest.fixture(autouse=True, scope="session")
 def prefect_server():
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def real_prefect_server(postgres, tmp_path_factory) -> Iterator[dict]:
+    """``prefect server start`` on a free loopback port, its own PREFECT_HOME,
+    its database a fresh one on the session's PostgreSQL server (SQLite locks
+    when many processes create flow runs at once). Yields url, env (for
+    child processes: only this server's PREFECT_ settings) and home."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    database = f"prefect_{secrets.token_hex(4)}"
+    admin = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{database}"')
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": url,
+        "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url.set(drivername="postgresql+asyncpg", database=database)
+                                                           .render_as_string(hide_password=False),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # no runs from the cron schedules themselves: the tests trigger their own
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    log = home / "server.log"
+    proc = start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 env, log)
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    try:
+        wait_until(healthy, 120, "prefect server start", log, proc)
+        yield {"url": url, "env": env, "home": home}
+    finally:
+        stop(proc, signal.SIGTERM, 15)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.dispose()
 
 
 def tiny_config(results: Path, symbols: list[str], source: str = "synthetic", **training) -> Config:

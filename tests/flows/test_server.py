@@ -33,92 +33,21 @@ from prefect.server.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.serve import deployment_specs
+from tests.flows.servers import REPO, start, stop, tail, wait_until
 from tasks.store import ResultsStore
 
 pytestmark = pytest.mark.server
 
-REPO = Path(__file__).resolve().parents[2]
 SYMBOLS = ["AAA", "BBB"]
 HORIZONS = [1, 5, 10, 30]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else "(no log)"
-
-
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        # a process group of its own, so that stopping it also stops its children
-        # (the server's uvicorn, the flow runs the serve process spawned)
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen, sig: int, grace: float) -> None:
-    """``sig`` to the process group, then SIGKILL if it is still there after ``grace`` seconds."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    try:  # children left behind after the leader exited
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_until(check, timeout: float, what: str, log: Path, proc: subprocess.Popen, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: process exited with {proc.returncode}:\n{_tail(log)}")
-        result = check()
-        if result:
-            return result
-        time.sleep(step)
-    pytest.fail(f"{what}: not within {timeout:.0f} s:\n{_tail(log)}")
-
-
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[dict]:
-    """A real server. Named like tests/flows/conftest.py's autouse harness on
-    purpose: in this module it replaces that in-process test server, which
-    these tests would not use (every call here goes to this server)."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # no runs from the cron schedule itself: the test triggers its own
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-    }
-    log = home / "server.log"
-    proc = _start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                   "--port", str(port)], env, log)
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
-    try:
-        _wait_until(healthy, 90, "prefect server start", log, proc)
-        yield {"url": url, "env": env, "home": home}
-    finally:
-        _stop(proc, signal.SIGTERM, 15)
+def prefect_server(real_prefect_server) -> dict:
+    """The session's real server (tests/flows/conftest.py). Named like that
+    file's autouse harness on purpose: in this module it replaces that
+    in-process test server, which these tests would not use."""
+    return real_prefect_server
 
 
 @pytest.fixture()
@@ -132,7 +61,7 @@ def client(prefect_server) -> Iterator[SyncPrefectClient]:
 def served(prefect_server) -> Iterator[tuple[subprocess.Popen, Path]]:
     """``python -m deployments.serve`` with the environment pointing at the server."""
     log = prefect_server["home"] / "serve.log"
-    proc = _start([sys.executable, "-m", "deployments.serve"], prefect_server["env"], log)
+    proc = start([sys.executable, "-m", "deployments.serve"], prefect_server["env"], log)
 
     def registered() -> bool:
         with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
@@ -141,10 +70,10 @@ def served(prefect_server) -> Iterator[tuple[subprocess.Popen, Path]]:
         return {"nightly-retrain/nightly", "train-universe/on-demand", "predict-universe/on-demand"} <= names
 
     try:
-        _wait_until(registered, 120, "python -m deployments.serve", log, proc, step=1)
+        wait_until(registered, 120, "python -m deployments.serve", log, proc, step=1)
         yield proc, log
     finally:
-        _stop(proc, signal.SIGINT, 20)  # Ctrl-C, as a user stops it
+        stop(proc, signal.SIGINT, 20)  # Ctrl-C, as a user stops it
 
 
 def _tiny(results: Path, symbols: list[str] = SYMBOLS, epochs: int = 3) -> dict:
@@ -186,7 +115,7 @@ def _run_deployment(client: SyncPrefectClient, served: tuple[subprocess.Popen, P
         state = client.read_flow_run(run.id).state
         return state if state is not None and state.is_final() else None
 
-    state = _wait_until(finished, 240, f"{name} flow run {run.id}", log, proc, step=1)
+    state = wait_until(finished, 240, f"{name} flow run {run.id}", log, proc, step=1)
     return state, _run_tree(client, run.id)
 
 
@@ -211,7 +140,7 @@ def test_nightly_deployment_runs_and_stores_models_forecasts_and_artifacts(serve
     # epochs from the run form beat the file's 3, as a UI "Custom run" would
     state, tree = _run_deployment(client, served, "nightly-retrain/nightly",
                                   {"config_path": str(config), "epochs": 2})
-    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}\n{_tail(served[1])}"
+    assert state.type == StateType.COMPLETED, f"{state.type}: {state.message}\n{tail(served[1])}"
 
     with ResultsStore(results) as store:
         runs = {r["symbol"]: r for r in store.symbol_runs()}
