@@ -1,7 +1,11 @@
 """PNG plots of a training run and of a backtest, stored with the model (or the backtest) and shown as Prefect artifacts.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
-directly, not pyplot: no global state, no display, safe in worker threads.
+directly, not pyplot: no display, no pyplot state. They are still drawn one
+at a time (``_DRAWING``): matplotlib's text layout shares a mathtext parser
+(pyparsing) between threads, and two symbols drawing their log-scale tick
+labels at once failed with ``ParseException`` or ``IndexError: pop from
+empty list`` (the first two symbols of a ``--parallel 2`` run, now and then).
 Each plot has a ``*_figure`` function that returns the Figure (what tests
 inspect) and a ``*_png`` function that renders it to PNG bytes: the same bytes
 go into the results store (``tasks.store.model_files``) and into the artifact.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tasks.atomic import atomic_write
+
+_DRAWING = threading.Lock()  # one figure drawn at a time in a process (see the module's docstring)
 
 DPI = 100
 
@@ -129,7 +136,8 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def learning_curve_png(epochs: list[dict]) -> bytes:
-    return png_bytes(learning_curve_figure(epochs))
+    with _DRAWING:
+        return png_bytes(learning_curve_figure(epochs))
 
 
 def forecast_vs_actual_png(
@@ -140,7 +148,8 @@ def forecast_vs_actual_png(
     close: np.ndarray | None = None,
     band: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> bytes:
-    return png_bytes(forecast_vs_actual_figure(dates, y_true, y_pred, horizons, close, band))
+    with _DRAWING:
+        return png_bytes(forecast_vs_actual_figure(dates, y_true, y_pred, horizons, close, band))
 
 
 def png_to_markdown(png: bytes, title: str) -> str:
@@ -189,5 +198,6 @@ def backtest_skill_figure(rows: list[dict], horizons: Sequence[int], key: str = 
 
 def backtest_skill_png(rows: list[dict], horizons: Sequence[int], path: str | Path, key: str = "skill_zero") -> Path:
     """The skill-per-fold plot written to ``path`` (write, then rename)."""
-    png = png_bytes(backtest_skill_figure(rows, horizons, key))
+    with _DRAWING:
+        png = png_bytes(backtest_skill_figure(rows, horizons, key))
     return atomic_write(path, lambda tmp: tmp.write_bytes(png))

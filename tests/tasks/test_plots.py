@@ -4,6 +4,10 @@ import base64
 import datetime as dt
 import re
 import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +112,26 @@ def test_markdown_embeds_exactly_the_png():
     assert m.group(1) == "AAPL [run 1] learning curve"
     assert m.group(2) == "AAPL (run 1) learning curve"
     assert base64.b64decode(m.group(3), validate=True) == png
+
+
+def test_plots_drawn_by_many_threads_at_once_are_the_plots_drawn_alone():
+    """Symbols train in threads: four drawing at once (in a fresh interpreter,
+    where matplotlib's text parser is first used) failed with ParseException
+    before the plots were drawn one at a time. Each must be the PNG drawn alone."""
+    script = textwrap.dedent("""
+        import hashlib, threading
+        from tasks.plots import learning_curve_png
+        epochs = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.2 / (e + 1), "lr": 1e-3 / 2 ** e}
+                  for e in range(4)]
+        out = []
+        def draw():  # a thread that raises prints its traceback to stderr and adds nothing to out
+            out.append(hashlib.sha256(learning_curve_png(epochs)).hexdigest())
+        threads = [threading.Thread(target=draw) for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        alone = hashlib.sha256(learning_curve_png(epochs)).hexdigest()
+        print(sorted(set(out)) == [alone], len(out))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.split() == ["True", "4"] and "Traceback" not in done.stderr, done.stdout + done.stderr
