@@ -11,8 +11,8 @@ never a scheduler of ours:
   ``run.dask_address`` or on a ``LocalCluster`` of ``parallel`` processes;
 - ``workers``: each item is a flow run of the subflow's ``worker`` deployment
   (``run_deployment``, a subflow of the universe run), picked up by any
-  ``prefect worker start --pool POOL``; a Prefect global concurrency limit of
-  ``parallel`` slots, one per run, caps the items in flight. The subflow's
+  ``prefect worker start --pool POOL``; a work queue of the pool made for the
+  run, with a concurrency limit of ``parallel``, caps the items in flight. The subflow's
   return value stays on the worker: ``for_each`` returns a ``WorkerRun``,
   and the caller reads what the subflow stored from the results store.
 """
@@ -36,7 +36,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 WORKER_DEPLOYMENT = "worker"  # the name of each per-symbol flow's deployment for --executor workers
-SUBMITTERS = 32  # threads waiting on worker flow runs: at least `parallel`; the concurrency limit caps the rest
+SUBMITTERS = 32  # threads waiting on worker flow runs: at least `parallel`; the run's work queue caps the rest
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,11 @@ class WorkerRun:
 
 
 @task(name="subflow", task_run_name="{label}", cache_policy=NO_CACHE)
-def _run_deployment_item(deployment: str, label: str, kwargs: dict[str, Any], limit: str) -> WorkerRun:
-    from prefect.concurrency.sync import concurrency
+def _run_deployment_item(deployment: str, label: str, kwargs: dict[str, Any], queue: str) -> WorkerRun:
     from prefect.deployments import run_deployment
 
-    with concurrency(limit, occupy=1, strict=True):
-        submitted = dt.datetime.now(dt.timezone.utc)
-        run = run_deployment(deployment, parameters=kwargs, as_subflow=True, poll_interval=1)
+    submitted = dt.datetime.now(dt.timezone.utc)
+    run = run_deployment(deployment, parameters=kwargs, as_subflow=True, poll_interval=1, work_queue_name=queue)
     if run.state is None or not run.state.is_completed():
         state = run.state.type.value if run.state is not None else "no state"
         message = run.state.message if run.state is not None else ""
@@ -176,18 +174,22 @@ def _api_for_other_processes() -> contextlib.AbstractContextManager:
 def _for_each_on_workers(subflow: Flow, items: list[tuple[str, dict[str, Any]]], executor: Executor,
                          on_done: Callable[[int, Any], None] | None) -> list[Any]:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    limit = f"mambaflow-{subflow.name}-{uuid.uuid4().hex[:12]}"  # this run's slots, removed at the end
+    # This run's own work queue in the pool, with a concurrency limit of `parallel`:
+    # the server hands the workers at most that many of its flow runs at a time.
+    # (A global concurrency limit held around run_deployment was tried first: the
+    # waiting submitters were told to retry after up to 30 s, so slots stood idle.)
     with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=executor.parallel))
+        queue = client.create_work_queue(name=f"run-{subflow.name}-{uuid.uuid4().hex[:12]}",
+                                         work_pool_name=executor.work_pool, concurrency_limit=executor.parallel,
+                                         description="the flow runs of one universe run; removed at its end")
         try:
             runner = ThreadPoolTaskRunner(max_workers=max(executor.parallel, min(len(items), SUBMITTERS)))
             return _collect(runner, _run_deployment_item,
                             [{"deployment": f"{subflow.name}/{WORKER_DEPLOYMENT}", "label": label, "kwargs": kwargs,
-                              "limit": limit} for label, kwargs in items], on_done)
+                              "queue": queue.name} for label, kwargs in items], on_done)
         finally:
-            client.delete_global_concurrency_limit_by_name(limit)
+            client.delete_work_queue_by_id(queue.id)
 
 
 def _collect(runner: TaskRunner, item_task: Any, parameters: list[dict[str, Any]],

@@ -128,7 +128,12 @@ def test_workers_on_two_directories_train_every_symbol_and_a_third_forecasts(tmp
         runs = _subflow_runs(client, postgres_url)
         _under_one_universe_run(client, runs)
         # each symbol trained in a flow run's process started by a worker: not in the run's process
-        assert {r.work_pool_name for r in runs} == {POOL}
+        assert len({r.work_queue_name for r in runs}) == 1  # the run's own queue of the pool
+        assert runs[0].work_queue_name.startswith("run-train-symbol-")
+        # --parallel 2: never more than two of them running at once (the run's work queue), and the queue is gone
+        spans = [(r.start_time, r.end_time) for r in runs]
+        assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2
+        assert [q.name for q in client.read_work_queues(work_pool_name=POOL)] == ["default"]
         infra = {int(r.infrastructure_pid.rsplit(":", 1)[-1]) for r in runs}
         assert {m["trained_on"]["pid"] for m in meta.values()} == infra and pid not in infra
         # the run's own directory got no caches or work dirs: the workers' did
