@@ -52,7 +52,7 @@ def cli(*args: str) -> float:
         lines = (done.stdout + done.stderr).splitlines()
         said = [ln for ln in lines if "symbols retrained" in ln or "symbols trained" in ln or "FAILED" in ln
                 or "Error" in ln]
-        print(f"  (exit 1:\n    " + "\n    ".join(said[-10:] or lines[-10:]) + ")", flush=True)
+        print("  (exit 1:\n    " + "\n    ".join(said[-10:] or lines[-10:]) + ")", flush=True)
     elif done.returncode != 0:
         sys.exit(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return seconds

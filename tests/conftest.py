@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,8 +62,15 @@ def postgres(tmp_path_factory) -> Iterator[Postgres]:
     if given:
         yield Postgres(sa.make_url(given), None)
         return
-    with _throwaway_server(tmp_path_factory.mktemp("pgdata")) as server:
-        yield server
+    # Not under pytest's temporary tree: the server runs as its own user, and at
+    # the session's end pytest took that user's access to its directories away
+    # before this fixture had stopped the server (PANIC: pg_control: Permission denied).
+    pgdata = Path(tempfile.mkdtemp(prefix="mambaflow-pgdata-"))
+    try:
+        with _throwaway_server(pgdata) as server:
+            yield server
+    finally:
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def _admin(postgres: Postgres) -> sa.Engine:
@@ -106,7 +116,9 @@ def postgres_wrong_password_url(postgres, tmp_path_factory) -> Iterator[str]:
             except sa.exc.OperationalError:
                 yield wrong.render_as_string(hide_password=False)
                 return
-            server = stack.enter_context(_throwaway_server(tmp_path_factory.mktemp("pgdata-password")))
+            pgdata = Path(tempfile.mkdtemp(prefix="mambaflow-pgdata-password-"))
+            stack.callback(shutil.rmtree, pgdata, ignore_errors=True)
+            server = stack.enter_context(_throwaway_server(pgdata))
         admin = _admin(server)
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 'the-password'")
@@ -114,4 +126,14 @@ def postgres_wrong_password_url(postgres, tmp_path_factory) -> Iterator[str]:
             hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\n" + hba.read_text())  # first match wins
             conn.exec_driver_sql("SELECT pg_reload_conf()")
         admin.dispose()
-        yield server.url.set(username=PASSWORD_ROLE, password="not-the-password").render_as_string(hide_password=False)
+        wrong = server.url.set(username=PASSWORD_ROLE, password="not-the-password")
+        # the server rereads pg_hba.conf when its postmaster gets to the signal: wait until it refuses
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sa.create_engine(wrong, poolclass=sa.NullPool).connect().close()
+            except sa.exc.OperationalError:
+                break
+            assert time.monotonic() < deadline, "the test server still accepts a wrong password after 30 s"
+            time.sleep(0.2)
+        yield wrong.render_as_string(hide_password=False)

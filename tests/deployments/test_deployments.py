@@ -42,7 +42,7 @@ def test_every_entrypoint_imports_and_its_parameters_validate():
     # the UI's form for the nightly run: every override, typed
     props = nightly_retrain.parameters.properties
     assert set(props) == {"config_path", "symbols", "source", "days", "epochs", "results_dir", "store_url", "parallel",
-                          "as_of"}
+                          "as_of", "executor", "work_pool", "dask_address"}
     assert nightly_retrain.validate_parameters({"epochs": "2", "symbols": ["AAPL"]})["epochs"] == 2
     with pytest.raises(Exception, match="epochs"):
         nightly_retrain.validate_parameters({"epochs": "two"})

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from configs.load import load_config
@@ -72,6 +74,23 @@ def real_prefect_server(postgres, tmp_path_factory) -> Iterator[dict]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture()
+def client(real_prefect_server) -> Iterator[SyncPrefectClient]:
+    """A client of the session's real Prefect server."""
+    with temporary_settings({PREFECT_API_URL: real_prefect_server["url"]}):
+        with get_client(sync_client=True) as c:
+            yield c
+
+
+def tiny_yaml(folder: Path, epochs: int) -> Path:
+    """A config file for the command lines: a model small enough to train in about a second."""
+    path = folder / "tiny.yaml"
+    path.write_text("windows: {seq_len: 20}\n"
+                    "model: {d_model: 8, n_layers: 1, d_state: 4}\n"
+                    f"training: {{epochs: {epochs}, seed: 7}}\n")
+    return path
 
 
 def tiny_config(results: Path, symbols: list[str], source: str = "synthetic", **training) -> Config:

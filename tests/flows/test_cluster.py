@@ -12,16 +12,15 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import FlowRun
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.store import METADATA_FILE, ResultsStore, read_model_files
+from tests.flows.conftest import tiny_yaml
 from tests.flows.servers import REPO, start, stop, tail, wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.cluster]
@@ -35,20 +34,6 @@ def prefect_server(real_prefect_server) -> dict:
     """The session's real server: replaces tests/flows/conftest.py's in-process harness here."""
     return real_prefect_server
 
-
-@pytest.fixture()
-def client(prefect_server) -> Iterator[SyncPrefectClient]:
-    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
-        with get_client(sync_client=True) as c:
-            yield c
-
-
-def _tiny_yaml(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text("windows: {seq_len: 20}\n"
-                    "model: {d_model: 8, n_layers: 1, d_state: 4}\n"
-                    "training: {epochs: 1, seed: 7}\n")
-    return path
 
 
 def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, int]:
@@ -116,7 +101,7 @@ def test_workers_on_two_directories_train_every_symbol_and_a_third_forecasts(tmp
 
         parent = tmp_path / "machine-a"
         parent.mkdir()
-        code, out, pid = _run(["flows.train", "--config", str(_tiny_yaml(tmp_path)), "--source", "synthetic",
+        code, out, pid = _run(["flows.train", "--config", str(tiny_yaml(tmp_path, epochs=1)), "--source", "synthetic",
                                "--days", "420", "--symbols", ",".join(SYMBOLS), "--executor", "workers",
                                "--work-pool", POOL, "--parallel", "2", "--store-url", postgres_url,
                                "--results", str(parent / "results")], env, parent)
@@ -152,7 +137,7 @@ def test_dask_local_cluster_trains_every_symbol_in_its_processes(tmp_path, prefe
     env = prefect_server["env"]
     parent = tmp_path / "machine-a"
     parent.mkdir()
-    code, out, pid = _run(["flows.train", "--config", str(_tiny_yaml(tmp_path)), "--source", "synthetic",
+    code, out, pid = _run(["flows.train", "--config", str(tiny_yaml(tmp_path, epochs=1)), "--source", "synthetic",
                            "--days", "420", "--symbols", ",".join(SYMBOLS), "--executor", "dask", "--parallel", "2",
                            "--store-url", postgres_url, "--results", str(parent / "results")], env, parent)
     assert code == 0, out[-3000:]

@@ -11,14 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
@@ -49,12 +44,6 @@ def prefect_server(real_prefect_server) -> dict:
     in-process test server, which these tests would not use."""
     return real_prefect_server
 
-
-@pytest.fixture()
-def client(prefect_server) -> Iterator[SyncPrefectClient]:
-    with temporary_settings({PREFECT_API_URL: prefect_server["url"]}):
-        with get_client(sync_client=True) as c:
-            yield c
 
 
 @pytest.fixture(scope="module")

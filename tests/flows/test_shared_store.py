@@ -4,7 +4,6 @@ trained on one forecasts on the other, from an empty results directory."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -13,14 +12,7 @@ from flows.predict import main as predict_main
 from flows.predict import predict_universe
 from flows.train import main as train_main
 from tasks.store import ResultsStore, read_model_files
-
-
-def _tiny_yaml(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text("windows: {seq_len: 20}\n"
-                    "model: {d_model: 8, n_layers: 1, d_state: 4}\n"
-                    "training: {epochs: 2, seed: 7}\n")
-    return path
+from tests.flows.conftest import tiny_yaml
 
 
 def _forecasts(out: dict) -> list[tuple]:
@@ -33,7 +25,7 @@ def test_a_model_trained_on_machine_a_forecasts_on_machine_b_from_an_empty_direc
     dir_a, dir_b = tmp_path / "machine-a", tmp_path / "machine-b"
     dir_b.mkdir()
     # python -m flows.train --store-url URL --results DIR_A (README: "Several machines")
-    assert train_main(["--config", str(_tiny_yaml(tmp_path)), "--source", "synthetic", "--days", "420",
+    assert train_main(["--config", str(tiny_yaml(tmp_path, epochs=2)), "--source", "synthetic", "--days", "420",
                        "--symbols", "AAA,BBB", "--store-url", postgres_url, "--results", str(dir_a)]) == 0
     assert not (dir_a / "models").exists() and not (dir_a / "store.db").exists()
     with ResultsStore(dir_b, postgres_url) as store:
