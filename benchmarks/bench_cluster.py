@@ -93,6 +93,26 @@ def train(env: dict[str, str], cwd: Path, store_url: str, symbols: list[str], ep
         return wall, sum(r["seconds"] for r in store.symbol_runs(run["run_id"]))
 
 
+def worker_phases(api: str, store_url: str, reader: Path) -> str:
+    """Where a worker's flow run spends its time, medians over the run's train-symbol flow runs:
+    created -> running (the worker's poll, a new process, its imports, loading the flow), running ->
+    completed (the flow, of which the symbol's own pipeline is symbol_runs.seconds)."""
+    import statistics
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["train-symbol"])))
+    with ResultsStore(reader, store_url) as store:
+        inside = [r["seconds"] for r in store.symbol_runs()]
+    start = statistics.median((r.start_time - r.created).total_seconds() for r in runs)
+    run = statistics.median((r.end_time - r.start_time).total_seconds() for r in runs)
+    return (f"\nworkers, per flow run (median of {len(runs)}): created -> running {start:.1f} s (poll, new process, "
+            f"imports), running -> completed {run:.1f} s, of which the symbol's pipeline {statistics.median(inside):.1f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--symbols", type=int, default=8)
@@ -134,18 +154,21 @@ def main() -> None:
                                env | {"MAMBAFLOW_RESULTS_DIR": str(home / "results"),
                                       "PREFECT_HOME": str(home / ".prefect")}, home, home / "worker.log"))
         time.sleep(10)  # the workers import Prefect and register with the pool
-        rows = []
+        rows, phases = [], ""
         for kind, flags in (("threads", ("--executor", "threads")),
                             ("workers", ("--executor", "workers", "--work-pool", POOL)),
                             ("dask", ("--executor", "dask"))):
             wall, trained = train(env, tmp / kind, url(f"store_{kind}"), symbols, args.epochs, *flags)
             rows.append((kind, wall, trained, (wall - trained) / len(symbols), (wall * SLOTS - trained) / len(symbols)))
             print(f"  {kind}: {wall:.1f} s", flush=True)
+            if kind == "workers":
+                phases = worker_phases(api, url("store_workers"), tmp / "reader")
     finally:
         for proc in reversed(procs):
             stop(proc)
         admin.dispose()
         pg.cleanup()
+    print(phases)
     base = rows[0][1]
     print(f"\n{'executor':<9} {'wall s':>7} {'train s':>8} {'overhead/symbol s':>18} {'slot s/symbol':>14} "
           f"{'wall / threads':>15}")
