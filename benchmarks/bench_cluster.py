@@ -94,23 +94,30 @@ def train(env: dict[str, str], cwd: Path, store_url: str, symbols: list[str], ep
 
 
 def worker_phases(api: str, store_url: str, reader: Path) -> str:
-    """Where a worker's flow run spends its time, medians over the run's train-symbol flow runs:
-    created -> running (the worker's poll, a new process, its imports, loading the flow), running ->
-    completed (the flow, of which the symbol's own pipeline is symbol_runs.seconds)."""
+    """Where a worker's flow run spends its time, medians over the run's train-symbol flow runs, from
+    their state history: pending (a worker took it) -> running (a new process, its imports, the flow
+    loaded), running -> completed (the flow, of which the symbol's own pipeline is symbol_runs.seconds).
+    Scheduled -> pending is the wait in the run's queue (its concurrency limit, then the worker's poll)."""
     import statistics
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    starting, running = [], []
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["train-symbol"])))
+        for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["train-symbol"]))):
+            if not r.infrastructure_pid:  # not started by a worker (the threads and dask runs')
+                continue
+            at = {s.type.value: s.timestamp for s in client.read_flow_run_states(r.id)}
+            starting.append((at["RUNNING"] - at["PENDING"]).total_seconds())
+            running.append((at["COMPLETED"] - at["RUNNING"]).total_seconds())
     with ResultsStore(reader, store_url) as store:
         inside = [r["seconds"] for r in store.symbol_runs()]
-    start = statistics.median((r.start_time - r.created).total_seconds() for r in runs)
-    run = statistics.median((r.end_time - r.start_time).total_seconds() for r in runs)
-    return (f"\nworkers, per flow run (median of {len(runs)}): created -> running {start:.1f} s (poll, new process, "
-            f"imports), running -> completed {run:.1f} s, of which the symbol's pipeline {statistics.median(inside):.1f} s")
+    return (f"\nworkers, per flow run (median of {len(running)}): pending -> running "
+            f"{statistics.median(starting):.1f} s (a new process, its imports, the flow loaded), running -> "
+            f"completed {statistics.median(running):.1f} s, of which the symbol's pipeline "
+            f"{statistics.median(inside):.1f} s")
 
 
 def main() -> None:
