@@ -9,6 +9,7 @@ forecasts from the models in the store.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -151,3 +152,19 @@ def test_dask_local_cluster_trains_every_symbol_in_its_processes(tmp_path, prefe
 
     _forecast_from_a_third_directory(tmp_path, env, postgres_url, "--executor", "dask", "--parallel", "2")
     assert not (tmp_path / "reader").exists()  # the store was read through its URL only
+
+
+def test_dask_on_prefects_temporary_server_reports_to_that_one_server(tmp_path):
+    """Without PREFECT_API_URL the run starts Prefect's temporary server, and its URL travels with each
+    task to the Dask workers: without that, each worker process would start a temporary server of
+    its own, and the symbols' subflows would be recorded there, not under the run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    code, out, _ = _run(["flows.train", "--config", str(tiny_yaml(tmp_path, epochs=1)), "--source", "synthetic",
+                         "--days", "420", "--symbols", "AAA,BBB", "--executor", "dask", "--parallel", "2",
+                         "--results", str(tmp_path / "results")], env, tmp_path)
+    assert code == 0, out[-3000:]
+    assert "2 of 2 symbols trained" in out
+    assert out.count("Starting temporary server") == 1, out[-3000:]
+    # the subflows ran in the cluster's processes and logged to the run's server
+    assert "Beginning subflow run 'train-AAA'" in out and "Beginning subflow run 'train-BBB'" in out
