@@ -23,16 +23,19 @@ import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
-import exchange_calendars as xcals
 import numpy as np
-import pandas as pd
 
-EARLIEST = pd.Timestamp("1990-01-01")
+# exchange_calendars (with pandas: 0.7 s) is imported where a calendar is
+# used, not with this module: a training run's process (a worker's flow run)
+# does not forecast dates, and pays for it only if it does.
+EARLIEST = dt.date(1990, 1, 1)
 _EXAMPLES = ("XNYS", "XNAS", "XLON", "XTSE", "XETR", "XTKS", "XHKG", "XASX")
 
 
 def check_calendar(name: str) -> str:
     """Return ``name`` if exchange_calendars knows it; else raise ValueError naming ``data.calendar``."""
+    import exchange_calendars as xcals
+
     names = xcals.get_calendar_names(include_aliases=True)
     if name not in names:
         near = difflib.get_close_matches(str(name), names, n=3)
@@ -46,12 +49,16 @@ def check_calendar(name: str) -> str:
 @lru_cache(maxsize=None)
 def _sessions(name: str) -> np.ndarray:
     """The calendar's sessions (S,) as datetime64[D], from 1990 or its earliest supported date."""
+    import exchange_calendars as xcals
+    import pandas as pd
+
     with warnings.catch_warnings():
         # exchange_calendars 4.13 reads Series.values of tz-aware times, which
         # pandas 3.1 deprecates; the library's concern, not the caller's.
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray that drops timezone")
         bound = xcals.get_calendar(check_calendar(name)).bound_min()
-        start = EARLIEST if bound is None else max(EARLIEST, bound)
+        earliest = pd.Timestamp(EARLIEST)
+        start = earliest if bound is None else max(earliest, bound)
         sessions = xcals.get_calendar(name, start=start).sessions              # (S,) DatetimeIndex, tz-naive
     return sessions.to_numpy().astype("datetime64[D]")
 
