@@ -31,8 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,36 +39,18 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from tasks.store import ResultsStore  # noqa: E402
-from tests.flows.servers import free_port  # noqa: E402
+from tests.flows.servers import api_healthy, free_port, start, stop  # noqa: E402
 
 SLOTS = 2
 POOL = "bench-cluster"
 
 
-def start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def wait_healthy(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    sys.exit(f"the Prefect server at {url} did not start within {timeout:.0f} s")
+    while not api_healthy(url):
+        if time.monotonic() > deadline:
+            sys.exit(f"the Prefect server at {url} did not start within {timeout:.0f} s")
+        time.sleep(0.5)
 
 
 def train(env: dict[str, str], cwd: Path, store_url: str, symbols: list[str], epochs: int,
@@ -146,7 +126,7 @@ def main() -> None:
         "PREFECT_API_DATABASE_CONNECTION_URL": url("prefect", "postgresql+asyncpg"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2"}
     procs = [start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                   env, ROOT, tmp / "server.log")]
+                   env, tmp / "server.log")]
     print(f"# bench_cluster: machine {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; {args.symbols} synthetic symbols, default model, {args.epochs} epochs, "
           f"{SLOTS} at a time\n", flush=True)
@@ -159,7 +139,7 @@ def main() -> None:
             home.mkdir()
             procs.append(start([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
                                env | {"MAMBAFLOW_RESULTS_DIR": str(home / "results"),
-                                      "PREFECT_HOME": str(home / ".prefect")}, home, home / "worker.log"))
+                                      "PREFECT_HOME": str(home / ".prefect")}, home / "worker.log", cwd=home))
         time.sleep(10)  # the workers import Prefect and register with the pool
         rows, phases = [], ""
         for kind, flags in (("threads", ("--executor", "threads")),
@@ -172,7 +152,7 @@ def main() -> None:
                 phases = worker_phases(api, url("store_workers"), tmp / "reader")
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop(proc, signal.SIGTERM, 20)
         admin.dispose()
         pg.cleanup()
     print(phases)

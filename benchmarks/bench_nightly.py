@@ -75,11 +75,11 @@ def latest_metrics(results: Path, symbols: list[str]) -> dict[str, float]:
             cover.append(registry.mean_metric(ev, "coverage"))
             garch_cover.append(registry.mean_metric(ev, "garch_coverage"))
             warm += row["init_from"] is not None
-    if not skill:
-        return {"skill": float("nan"), "vs garch": float("nan"), "cover": float("nan"),
-                "garch cover": float("nan"), "warm": 0, "missing": missing}
-    return {"missing": missing, "skill": statistics.mean(skill), "vs garch": statistics.mean(garch), "cover": statistics.mean(cover),
-            "garch cover": statistics.mean(garch_cover), "warm": warm}
+    def mean(xs: list[float]) -> float:
+        return statistics.mean(xs) if xs else float("nan")  # nan: no symbol has a model
+
+    return {"skill": mean(skill), "vs garch": mean(garch), "cover": mean(cover), "garch cover": mean(garch_cover),
+            "warm": warm, "missing": missing}
 
 
 def line(name: str, seconds: float, m: dict[str, float]) -> str:

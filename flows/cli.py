@@ -61,7 +61,7 @@ def flag_overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return named_overrides(**values)
 
 
-def check_run(config: Config, subflow: str | None = "train-symbol") -> list[str]:
+def check_run(config: Config, subflow: str = "train-symbol") -> list[str]:
     """What can be known wrong before any symbol is touched: the symbols or
     universe names, the source, the calendar, the feature columns, and
     whether the results database answers (a wrong URL or password, a server
@@ -87,7 +87,7 @@ def check_run(config: Config, subflow: str | None = "train-symbol") -> list[str]
 EXECUTOR_TIMEOUT = 10  # seconds to wait for the Prefect API or a Dask scheduler before giving up
 
 
-def check_executor(config: Config, subflow: str | None) -> None:
+def check_executor(config: Config, subflow: str) -> None:
     """``run.executor`` can run this: ValueError naming what is missing and the fix.
 
     ``workers``: a Prefect server the workers share (PREFECT_API_URL), the
@@ -107,7 +107,7 @@ def check_executor(config: Config, subflow: str | None) -> None:
         _check_dask(run.dask_address)
 
 
-def _check_workers(pool: str, subflow: str | None) -> None:
+def _check_workers(pool: str, subflow: str) -> None:
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -129,15 +129,14 @@ def _check_workers(pool: str, subflow: str | None) -> None:
                 client.read_work_pool(pool)
             except ObjectNotFound:
                 raise ValueError(f"--work-pool {pool!r}: no such work pool on the Prefect server {api}; {fix}") from None
-            if subflow is not None:
-                try:
-                    found = client.read_deployment_by_name(deployment)
-                except ObjectNotFound:
-                    raise ValueError(f"--executor workers: no deployment {deployment!r} on the Prefect server {api}; "
-                                     f"{fix}") from None
-                if found.work_pool_name != pool:
-                    raise ValueError(f"--executor workers: deployment {deployment!r} is on work pool "
-                                     f"{found.work_pool_name!r}, not {pool!r}; {fix}")
+            try:
+                found = client.read_deployment_by_name(deployment)
+            except ObjectNotFound:
+                raise ValueError(f"--executor workers: no deployment {deployment!r} on the Prefect server {api}; "
+                                 f"{fix}") from None
+            if found.work_pool_name != pool:
+                raise ValueError(f"--executor workers: deployment {deployment!r} is on work pool "
+                                 f"{found.work_pool_name!r}, not {pool!r}; {fix}")
     except (httpx.HTTPError, OSError) as exc:
         raise ValueError(f"--executor workers: the Prefect server at PREFECT_API_URL={api} does not answer "
                          f"({type(exc).__name__}: {exc}); start it, or fix PREFECT_API_URL") from None

@@ -35,27 +35,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from configs.schema import Config, RunConfig
+
 WORKER_DEPLOYMENT = "worker"  # the name of each per-symbol flow's deployment for --executor workers
 SUBMITTERS = 32  # threads waiting on worker flow runs: at least `parallel`; the run's work queue caps the rest
-
-
-@dataclass(frozen=True)
-class Executor:
-    """Where the subflows run: ``run.executor``, ``run.parallel``, ``run.work_pool``, ``run.dask_address``."""
-    kind: str = "threads"
-    parallel: int = 1
-    work_pool: str = "mambaflow"
-    dask_address: str | None = None
-
-    @classmethod
-    def of(cls, run: Any) -> Executor:
-        return cls(run.executor, run.parallel, run.work_pool, run.dask_address)
 
 
 RESULTS_ENV = "MAMBAFLOW_RESULTS_DIR"  # on a worker machine: its local results directory (caches, work dirs)
 
 
-def for_executor(config: Any) -> Any:
+def for_executor(config: Config) -> Config:
     """The config the subflows get. Under ``dask`` and ``workers`` they run in
     other processes, maybe on other machines: the default store (SQLite in the
     results directory) becomes its explicit absolute URL, so that every
@@ -104,37 +93,38 @@ def _run_deployment_item(deployment: str, label: str, kwargs: dict[str, Any], qu
     return WorkerRun(str(run.id), run.name, submitted)
 
 
-def _dask_runner(executor: Executor) -> TaskRunner:
+def _dask_runner(run: RunConfig) -> TaskRunner:
     from prefect_dask import DaskTaskRunner
 
     # Dask's INFO lines (workers starting and closing) would fill the run's log
     os.environ.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")  # the local cluster's processes
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    if executor.dask_address:
-        return DaskTaskRunner(address=executor.dask_address)
+    if run.dask_address:
+        return DaskTaskRunner(address=run.dask_address)
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": executor.parallel, "threads_per_worker": 1,
+                          cluster_kwargs={"n_workers": run.parallel, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None})
 
 
-def for_each(subflow: Flow, items: list[tuple[str, dict[str, Any]]], parallel: int | Executor,
+def for_each(subflow: Flow, items: list[tuple[str, dict[str, Any]]], parallel: int | RunConfig,
              on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
     """``subflow(**kwargs)`` for every ``(label, kwargs)`` item, ``parallel`` at a time.
 
     Returns each item's result, or the exception it raised, in ``items``
     order (under ``workers``: a ``WorkerRun``); ``on_done(index, outcome)``
     is called as each one finishes. The label names the item's task in the UI.
-    An int ``parallel`` means threads.
+    ``parallel`` is the run section (its executor, parallel, work_pool,
+    dask_address), or an int: that many threads.
     """
-    executor = parallel if isinstance(parallel, Executor) else Executor(parallel=parallel)
-    if executor.kind == "workers":
-        return _for_each_on_workers(subflow, items, executor, on_done)
-    if executor.kind == "dask":
+    run = parallel if isinstance(parallel, RunConfig) else RunConfig(parallel=parallel)
+    if run.executor == "workers":
+        return _for_each_on_workers(subflow, items, run, on_done)
+    if run.executor == "dask":
         path = flow_path(subflow)
         with _api_for_other_processes():
-            return _collect(_dask_runner(executor), _run_item_at,
+            return _collect(_dask_runner(run), _run_item_at,
                             [{"path": path, "label": label, "kwargs": kwargs} for label, kwargs in items], on_done)
-    return _collect(ThreadPoolTaskRunner(max_workers=executor.parallel), _run_item,
+    return _collect(ThreadPoolTaskRunner(max_workers=run.parallel), _run_item,
                     [{"subflow": subflow, "label": label, "kwargs": kwargs} for label, kwargs in items], on_done)
 
 
@@ -171,7 +161,7 @@ def _api_for_other_processes() -> contextlib.AbstractContextManager:
     return temporary_settings(updates={PREFECT_API_URL: server.api_url})
 
 
-def _for_each_on_workers(subflow: Flow, items: list[tuple[str, dict[str, Any]]], executor: Executor,
+def _for_each_on_workers(subflow: Flow, items: list[tuple[str, dict[str, Any]]], run: RunConfig,
                          on_done: Callable[[int, Any], None] | None) -> list[Any]:
     from prefect.client.orchestration import get_client
 
@@ -181,10 +171,10 @@ def _for_each_on_workers(subflow: Flow, items: list[tuple[str, dict[str, Any]]],
     # waiting submitters were told to retry after up to 30 s, so slots stood idle.)
     with get_client(sync_client=True) as client:
         queue = client.create_work_queue(name=f"run-{subflow.name}-{uuid.uuid4().hex[:12]}",
-                                         work_pool_name=executor.work_pool, concurrency_limit=executor.parallel,
+                                         work_pool_name=run.work_pool, concurrency_limit=run.parallel,
                                          description="the flow runs of one universe run; removed at its end")
         try:
-            runner = ThreadPoolTaskRunner(max_workers=max(executor.parallel, min(len(items), SUBMITTERS)))
+            runner = ThreadPoolTaskRunner(max_workers=max(run.parallel, min(len(items), SUBMITTERS)))
             return _collect(runner, _run_deployment_item,
                             [{"deployment": f"{subflow.name}/{WORKER_DEPLOYMENT}", "label": label, "kwargs": kwargs,
                               "queue": queue.name} for label, kwargs in items], on_done)
@@ -205,7 +195,7 @@ def _collect(runner: TaskRunner, item_task: Any, parameters: list[dict[str, Any]
     return [outcomes[i] for i in range(len(parameters))]
 
 
-def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int | Executor, kwargs: dict[str, Any],
+def for_each_symbol(subflow: Flow, symbols: list[str], parallel: int | RunConfig, kwargs: dict[str, Any],
                     on_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """``subflow(symbol=s, **kwargs)`` for every symbol, ``parallel`` at a time.
 

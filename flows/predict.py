@@ -35,7 +35,7 @@ from prefect.artifacts import create_table_artifact
 from configs.load import ConfigError, apply_overrides, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
-from flows.fanout import Executor, for_executor, WorkerRun, for_each_symbol, local_results, split_outcomes
+from flows.fanout import WorkerRun, for_each_symbol, for_executor, local_results, split_outcomes
 from flows.report import text_table
 from tasks import registry, steps
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
@@ -135,11 +135,13 @@ def predict_universe(symbols: list[str], source: str | None = None, results_dir:
         executor=executor, work_pool=work_pool, dask_address=dask_address)))
     names = check_run(config, forecast_symbol.name)
     store_url = config.run.store_url
-    outcomes = for_each_symbol(forecast_symbol, names, Executor.of(config.run),
+    outcomes = for_each_symbol(forecast_symbol, names, config.run,
                                {"source": source, "results_dir": results_dir, "store_url": store_url,
                                 "run_id": run_id, "fallback": fallback, "as_of": as_of})
-    with ResultsStore(results_dir, store_url) as store:
-        outcomes = {s: stored_forecasts(store, s, r) if isinstance(r, WorkerRun) else r for s, r in outcomes.items()}
+    if config.run.executor == "workers":  # the forecasts stayed on the workers: read them from the store
+        with ResultsStore(results_dir, store_url) as store:
+            outcomes = {s: stored_forecasts(store, s, r) if isinstance(r, WorkerRun) else r
+                        for s, r in outcomes.items()}
     results, failures = split_outcomes(outcomes, log)
     rows = [row for result in results.values() for row in result]
     publish_forecasts(rows, results_dir)

@@ -25,18 +25,17 @@ from typing import Any
 
 from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from sqlalchemy import select
 
 from configs.load import TEST_CONFIG, ConfigError, load_config, named_overrides
 from configs.schema import Config
 from flows.cli import add_flags, check_run, flag_overrides
-from flows.fanout import Executor, WorkerRun, error_text, for_each_symbol, for_executor, local_results
+from flows.fanout import WorkerRun, error_text, for_each_symbol, for_executor, local_results
 from flows.report import text_table
 from tasks import registry, steps
 from tasks.bars import bars_as_of, bars_fingerprint, validate_symbol
 from tasks.plan import min_train_bars
-from tasks.store import EVENTS, ResultsStore
-from tasks.warmstart import record_restatement
+from tasks.store import ResultsStore
+from tasks.warmstart import record_restatement, was_restated
 
 
 def _outcome(symbol: str, status: str, **kw: Any) -> dict[str, Any]:
@@ -117,13 +116,12 @@ def stored_outcome(store: ResultsStore, row: dict[str, Any]) -> dict[str, Any]:
     symbol, run_id = row["symbol"], row["run_id"]
     metrics = {e["horizon"]: e for e in store.evaluations(run_id, symbol)}
     decided = [m for m in registry.models(store, [symbol]) if m["run_id"] == run_id]
-    restated = store.read(select(EVENTS).where(EVENTS.c.run_id == run_id, EVENTS.c.symbol == symbol,
-                                               EVENTS.c.kind == "restated"))
     return _outcome(symbol, "completed", epochs=row["epochs"], best_val_loss=row["best_val_loss"],
                     no_skill=row["no_skill"], metrics=metrics, seconds=row["seconds"], model_path=row["model_path"],
                     decision=decided[0]["status"] if decided else None,
                     reason=decided[0]["reason"] if decided else None,
-                    init_from=decided[0]["init_from"] if decided else None, restated=bool(restated))
+                    init_from=decided[0]["init_from"] if decided else None,
+                    restated=was_restated(store, run_id, symbol))
 
 
 def symbol_outcome(store: ResultsStore, run_id: str, symbol: str, result: Any) -> dict[str, Any]:
@@ -131,7 +129,7 @@ def symbol_outcome(store: ResultsStore, run_id: str, symbol: str, result: Any) -
     itself (threads, dask), or a ``WorkerRun`` (workers: read from the store)."""
     if not isinstance(result, WorkerRun):
         return result
-    rows = [r for r in store.symbol_runs(run_id) if r["symbol"] == symbol and r["status"] == "completed"]
+    rows = [r for r in store.symbol_runs(run_id, symbol) if r["status"] == "completed"]
     if not rows:
         raise LookupError(f"{symbol}: flow run {result.flow_run_name} completed but the store has no completed row "
                           f"of run {run_id} for it; is the worker writing to another store (--store-url)?")
@@ -151,8 +149,8 @@ def run_symbols(config: Config, subflow: Flow, resume: bool = False,
     with ResultsStore(config.run.results_dir, config.run.store_url) as store:
         run_id = store.new_run_id()
         store.start_run(run_id, config.model_dump(mode="json"), symbols)
-        executor = Executor.of(config.run)
-        log.info("run %s: %d symbols, %d at a time (%s)", run_id, len(symbols), config.run.parallel, executor.kind)
+        log.info("run %s: %d symbols, %d at a time (%s)", run_id, len(symbols), config.run.parallel,
+                 config.run.executor)
         outcomes: dict[str, dict[str, Any]] = {}
         for symbol, row in (finished_earlier(store, symbols, config) if resume else {}).items():
             outcomes[symbol] = _carry_over(store, run_id, row)
@@ -174,8 +172,8 @@ def run_symbols(config: Config, subflow: Flow, resume: bool = False,
                          len(symbols), symbol, result["seconds"], result["epochs"], result["best_val_loss"])
 
         todo = [s for s in symbols if s not in outcomes]
-        for_each_symbol(subflow, todo, executor, {"config": for_executor(config), "run_id": run_id, "resume": resume},
-                        on_done=done)
+        for_each_symbol(subflow, todo, config.run, {"config": for_executor(config), "run_id": run_id,
+                                                    "resume": resume}, on_done=done)
         ordered = [outcomes[s] for s in symbols]
         failed = sum(o["status"] != "completed" for o in ordered)
         store.finish_run(run_id, "completed" if not failed else "failed" if failed == len(ordered) else "partial")

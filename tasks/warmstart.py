@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 import torch
+from sqlalchemy import select
 
 from configs.schema import Config
 from tasks.registry import Champion
@@ -111,3 +112,9 @@ def record_restatement(store: ResultsStore, run_id: str, symbol: str, restated: 
         upsert(conn, EVENTS, [{"run_id": run_id, "symbol": symbol, "kind": "restated",
                                "first_date": restated["first_date"], "size": restated["size"],
                                "detail": restated["detail"], "created_at": dt.datetime.now(dt.timezone.utc)}])
+
+
+def was_restated(store: ResultsStore, run_id: str, symbol: str) -> bool:
+    """Whether run ``run_id`` recorded a restatement of ``symbol``'s bars (``record_restatement``)."""
+    return bool(store.read(select(EVENTS).where(EVENTS.c.run_id == run_id, EVENTS.c.symbol == symbol,
+                                                EVENTS.c.kind == "restated")))

@@ -321,9 +321,11 @@ class ResultsStore:
         t = BACKTESTS
         return self._read(select(t).where(t.c.backtest_id == backtest_id).order_by(t.c.symbol, t.c.fold, t.c.horizon))
 
-    def symbol_runs(self, run_id: str | None = None) -> list[dict]:
-        q = select(SYMBOL_RUNS).order_by(SYMBOL_RUNS.c.run_id, SYMBOL_RUNS.c.symbol)
-        return self._read(q if run_id is None else q.where(SYMBOL_RUNS.c.run_id == run_id))
+    def symbol_runs(self, run_id: str | None = None, symbol: str | None = None) -> list[dict]:
+        t = SYMBOL_RUNS
+        q = select(t).order_by(t.c.run_id, t.c.symbol)
+        q = q if run_id is None else q.where(t.c.run_id == run_id)
+        return self._read(q if symbol is None else q.where(t.c.symbol == symbol))
 
     def epoch_metrics(self, run_id: str, symbol: str) -> list[dict]:
         t = EPOCH_METRICS

@@ -9,8 +9,6 @@ import os
 import secrets
 import signal
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from configs.load import load_config
 from configs.schema import Config
-from tests.flows.servers import free_port, start, stop, wait_until
+from tests.flows.servers import api_healthy, free_port, start, stop, wait_until
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -59,15 +57,8 @@ def real_prefect_server(postgres, tmp_path_factory) -> Iterator[dict]:
     proc = start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                  env, log)
 
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-
     try:
-        wait_until(healthy, 120, "prefect server start", log, proc)
+        wait_until(lambda: api_healthy(url), 120, "prefect server start", log, proc)
         yield {"url": url, "env": env, "home": home}
     finally:
         stop(proc, signal.SIGTERM, 15)

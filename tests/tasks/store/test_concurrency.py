@@ -53,6 +53,7 @@ def test_concurrent_writes_from_threads_all_land(tmp_path, store_url, shared):
         assert errors == []
         assert [r["symbol"] for r in main.symbol_runs(rid)] == sorted(symbols)
         for sym in symbols:
+            assert [(r["run_id"], r["symbol"]) for r in main.symbol_runs(rid, sym)] == [(rid, sym)]
             assert [r["val_loss"] for r in main.epoch_metrics(rid, sym)] == [e / 10 for e in range(25)]
             assert main.evaluations(rid, sym)[0]["skill_zero"] == 1.0
 
